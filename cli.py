@@ -23,6 +23,7 @@ from ed_agents.chat_commands import COMMANDS, parse_command
 from ed_agents.errors import EmodirError, InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
+from evals.cli_eval import eval_app
 
 app = typer.Typer(
     rich_markup_mode="rich",
@@ -41,6 +42,11 @@ app.add_typer(prompts_app, name="prompts")
 app.add_typer(llm_app, name="llm")
 app.add_typer(bank_app, name="bank")
 app.add_typer(train_app, name="train")
+world_app = typer.Typer(
+    no_args_is_help=True, help="The synthetic affective world: benchmark the trainers, check images."
+)
+app.add_typer(world_app, name="world")
+app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -341,6 +347,92 @@ def train_dpo(
     _train(ctx, config, "dpo", not no_resume)
 
 
+# --------------------------------------------------------------------------------------------- world
+def _seeds_option(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise InvalidInputError(f"--seeds {value!r} is not a list of integers; allowed: e.g. 0,1,2") from None
+    return seeds
+
+
+@world_app.command("bench")
+def world_bench(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Benchmark directory (resumed if it exists).")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny schedules: checks the path, not the claim.")
+    ] = False,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0,1,2).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Seeds trained in parallel processes (default 2).")
+    ] = None,
+    install_preset: Annotated[
+        bool, typer.Option(help="Install the first seed as the `world` preset if the cache has none.")
+    ] = True,
+) -> None:
+    """Train text-only / +VP SFT / +DPO / +DPO with negative VP on the world; score unusual pairs."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ed_diffusion.logs import quiet_third_party
+    from ed_diffusion.world.bench import BenchConfig, run_bench
+    from ed_diffusion.world.preset import install_world_preset
+
+    quiet_third_party()
+    overrides: dict[str, Any] = {}
+    if (parsed := _seeds_option(seeds)) is not None:
+        overrides["seeds"] = parsed
+    if workers is not None:
+        overrides["workers"] = workers
+    cfg = BenchConfig.quick(**overrides) if quick else BenchConfig.full(**overrides)
+    vae = 0 if (out_dir / "vae" / "config.json").is_file() else cfg.vae_steps
+    todo = [s for s in cfg.seeds if not (out_dir / f"seed{s}" / "result.json").is_file()]
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("world bench", total=vae + cfg.steps_per_seed() * len(todo))
+        results = run_bench(
+            out_dir, cfg, progress=lambda n, what: progress.update(task, advance=n, description=esc(what))
+        )
+    out.print((out_dir / "results.md").read_text(encoding="utf-8"))
+    out.print(f"[green]written[/] {esc(str(out_dir))}/results.json, results.md, samples.png")
+    if install_preset:
+        target = _settings(ctx).cache_dir / "world-preset"
+        if not (target / "preset.json").is_file():
+            install_world_preset(out_dir, target, seed=results["seeds"][0]["seed"])
+            out.print(f"installed the `world` preset in {esc(str(target))}")
+
+
+@world_app.command("check")
+def world_check(
+    images: Annotated[list[Path], typer.Argument(help="PNG images of the world (e.g. from --preset world).")],
+) -> None:
+    """Read emotion (colour oracle) and content (silhouette oracle) back from world images."""
+    import numpy as np
+    from PIL import Image
+
+    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_of, emotion_scores
+
+    table = Table("image", "emotion", "p", "content")
+    for path in images:
+        if not path.is_file():
+            raise InvalidInputError(f"{path} is not a file; allowed: PNG images of the world")
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        probs = emotion_scores(pixels, attributes=COLOUR_ATTRIBUTES)
+        best = int(np.argmax(probs))
+        table.add_row(
+            esc(str(path)), Emotion.from_index(best).value, f"{probs[best]:.2f}", content_of(pixels) or "-"
+        )
+    out.print(table)
+
+
 # --------------------------------------------------------------------------------------- rewrite/chat
 def _agent_context(
     settings: Settings,
@@ -500,7 +592,12 @@ def generate(
     seed: Annotated[
         int | None, typer.Option(help="Seed for the images, persona sampling and the LLM.")
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="tiny (CPU, random weights), sd15 or sdxl.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="tiny (CPU, random weights), world (CPU, trained on the affective world), sd15 or sdxl."
+        ),
+    ] = None,
     vp_scale: Annotated[
         float, typer.Option(help="Visual-prompt (emotion token) scale; 0 = text only.")
     ] = 1.0,

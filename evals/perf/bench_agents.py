@@ -66,7 +66,8 @@ def fanout_graph(chat: ChatOpenAI, messages: dict[str, list[BaseMessage]]) -> An
 
     def call(task: dict[str, str]) -> dict[str, list[int]]:
         reply = chat.invoke(messages[task["pid"]])
-        return {"done": [int((reply.usage_metadata or {}).get("output_tokens", 0))]}
+        usage: dict[str, Any] = dict(reply.usage_metadata or {})
+        return {"done": [int(usage.get("output_tokens", 0))]}
 
     g = StateGraph(_FanState)
     g.add_node("call", call)  # type: ignore[call-overload]

@@ -65,7 +65,9 @@ def _stock_render(cache: Path, size: int) -> Callable[[Path, int], None]:
 
     def render(out: Path, n: int) -> None:
         if "pipe" not in state:
-            state["pipe"] = StableDiffusionXLPipeline.from_pretrained(spec.model, local_files_only=True)
+            state["pipe"] = StableDiffusionXLPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+                spec.model, local_files_only=True
+            )
             state["pipe"].set_progress_bar_config(disable=True)
         for i in range(n):
             state["pipe"](

@@ -44,6 +44,7 @@ def worker(kind: str, cache: Path, pairs: int, steps: int) -> dict[str, float]:
         "log_every": 1,
         "learning_rate": 1e-4,
     }
+    cfg: SFTTrainConfig | DPOTrainConfig
     if kind == "sft":
         cfg = SFTTrainConfig(batch_size=2 * pairs, vp_dropout=0.0, **common)  # type: ignore[arg-type]
     elif kind == "dpo":

@@ -1,0 +1,209 @@
+"""``emodir eval run|report``: argument plumbing and rich output; the work is in ``evals.runner``/``report``.
+
+Registered in ``cli.py`` with ``app.add_typer(eval_app, name="eval")``. Errors are ``EmodirError``s, which
+``cli.main`` prints as one line.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape as esc
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ed_agents.errors import InvalidInputError
+from ed_agents.settings import Settings, load_settings
+from evals.records import SampleRecord
+from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
+from evals.shards import (
+    Shard,
+    check_fresh_out_dir,
+    detect_shard,
+    rank_device,
+    read_records,
+    write_text_atomic,
+)
+from evals.suite import Suite, load_suite
+
+eval_app = typer.Typer(
+    no_args_is_help=True, help="Evaluate systems on a suite: scripted graph runs, metrics and reports."
+)
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _settings(ctx: typer.Context, suite: Suite, suite_file: Path, **flags: Any) -> Settings:
+    # Flags > the suite's `settings:` > EMODIR_* env > TOML file > defaults: the suite is the experiment.
+    config = (ctx.obj or {}).get("config")
+    overrides = {**suite.settings, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        return load_settings(config, **overrides)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{suite_file}: {exc}") from None
+
+
+def _out_dir(out: Path | None, settings: Settings, suite: Suite, shard: Shard) -> Path:
+    if out is not None:
+        return out
+    if shard.world > 1:
+        raise InvalidInputError(
+            f"--out is required with {shard.world} processes (they must share one directory)"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return settings.runs_dir / f"eval-{suite.name}-{stamp}"
+
+
+def _rich_table(t: TableData) -> Table:
+    table = Table(*t.header, title=t.title)
+    for row in t.rows:
+        table.add_row(*(esc(c) for c in row))
+    return table
+
+
+@eval_app.command("run")
+def eval_run(
+    ctx: typer.Context,
+    suite_file: Annotated[Path, typer.Argument(help="Suite YAML, e.g. evals/suites/smoke.yaml.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (new or empty; default: a new one in runs/).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Samples in flight at once (threads).")] = 4,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out: redo only missing and failed samples."),
+    ] = False,
+    preset: Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")] = None,
+    no_autostart: Annotated[
+        bool, typer.Option("--no-autostart", help="Never start the embedded LLM server.")
+    ] = False,
+) -> None:
+    """Run a suite (sharded across processes under torchrun / accelerate launch), then score and report."""
+    from ed_agents.clip_tokens import default_counter
+    from ed_agents.prompts import PromptLibrary
+    from evals.manifest import run_manifest
+    from evals.report import finalize_run
+    from evals.runner import run_suite
+    from evals.systems import make_context_factory, needs_llm, validate_suite
+
+    suite = load_suite(suite_file)
+    settings = _settings(ctx, suite, suite_file, preset=preset)
+    if concurrency < 1:
+        raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
+    shard = detect_shard()
+    out = _out_dir(out, settings, suite, shard)
+    if not resume:
+        check_fresh_out_dir(out, shard)
+    prompts = PromptLibrary.load(settings.prompts_dir)
+    tokens = default_counter()
+    validate_suite(suite, prompts, tokens, settings)
+    if suite.image_scoring.enabled and suite.images_per_prompt:
+        from evals.aggregate import image_scoring_config
+
+        image_scoring_config(suite.image_scoring)  # its own validation, before hours of generation
+    # Only after the cheap checks: starting a server or loading a diffusion model takes a while.
+    if needs_llm(suite):
+        from ed_agents.serving import ensure_llm
+
+        with err_console.status("checking the LLM server") as status:
+            ensure_llm(settings, autostart=settings.autostart and not no_autostart, on_progress=status.update)
+    renderer = _renderer(settings, shard) if suite.images_per_prompt else None
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console) as progress:
+        label = suite.name if shard.world == 1 else f"{suite.name} [rank {shard.rank}/{shard.world}]"
+        task = progress.add_task(label, total=None, failed=0)
+        failed = 0
+        lock = threading.Lock()
+
+        def on_sample(record: SampleRecord) -> None:
+            nonlocal failed
+            with lock:
+                failed += not record.ok
+                progress.update(task, advance=1, failed=failed)
+
+        try:
+            outcome = run_suite(
+                suite,
+                out,
+                context_factory=make_context_factory(settings, prompts=prompts, tokens=tokens),
+                renderer=renderer,
+                concurrency=concurrency,
+                resume=resume,
+                shard=shard,
+                manifest=run_manifest(suite, suite_file, settings, prompts, renderer=renderer, shard=shard),
+                suite_path=suite_file,
+                on_sample=on_sample,
+                on_start=lambda todo, owned: progress.update(task, total=todo),
+            )
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted: finished samples are saved; continue with "
+                f"`emodir eval run {esc(str(suite_file))} --out {esc(str(out))} --resume`"
+            )
+            raise
+    done = f"{outcome.ran} sample(s) run, {outcome.skipped} already done, {outcome.failed} failed"
+    if not outcome.merged:
+        out_console.print(
+            f"{done}. This process's share is finished; the last process to finish writes the report "
+            f"(or run `emodir eval report {esc(str(out))}`)."
+        )
+        return
+    summary = finalize_run(out, suite, read_records(out / "samples.jsonl"))
+    out_console.print(_rich_table(key_table(summary)))
+    out_console.print(
+        f"[green]done[/]: {done}. Report: {esc(str(out / 'report.html'))} (also report.md, summary.json)"
+    )
+
+
+def _renderer(settings: Settings, shard: Shard) -> Any:
+    import torch
+
+    from ed_diffusion.logs import quiet_third_party
+    from graphs.renderer import build_renderer
+
+    quiet_third_party()
+    if shard.world > 1:  # one GPU per process, as torchrun / accelerate place them
+        device = rank_device(settings.device, os.environ.get("LOCAL_RANK"), torch.cuda.is_available())
+        settings = settings.model_copy(update={"device": device})
+    with err_console.status("loading MC-Diffusion") as status:
+        return build_renderer(settings, on_progress=status.update)
+
+
+@eval_app.command("report")
+def eval_report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories; the first is the baseline for deltas.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the table as Markdown here.")] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated metrics to compare (default: all but per-stage costs)."),
+    ] = None,
+) -> None:
+    """Summarise one run, or compare runs side by side with deltas (merging unmerged shards first)."""
+    summaries = [load_run(run) for run in runs]
+    labels = [run.name or str(run) for run in runs]
+    if len(set(labels)) != len(labels):  # same directory names in different places: number them
+        labels = [f"{i}:{label}" for i, label in enumerate(labels, start=1)]
+    wanted = [m.strip() for m in (metrics or "").split(",") if m.strip()]
+    if len(summaries) == 1 and not wanted:
+        tables = build_tables(summaries[0])
+    else:
+        tables = [compare_tables(list(zip(labels, summaries, strict=True)), wanted)]
+    for t in tables:
+        out_console.print(_rich_table(t))
+    if out is not None:
+        write_text_atomic(out, to_markdown(tables))
+        out_console.print(f"written {esc(str(out))}")

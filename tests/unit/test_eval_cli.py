@@ -1,0 +1,132 @@
+"""`emodir eval run|report` against a fake OpenAI-compatible server (agents only: no images, no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app, main
+from evals.shards import read_records
+from tests.fakes.fake_openai_server import FakeOpenAIServer
+
+runner = CliRunner()
+SUITE = """name: cli
+emotions: [fear]
+prompts: [{text: an old dog in the snow, content: dog}, {text: a lighthouse}]
+systems: [{kind: full_graph, personas: [child]}, {kind: plain, visual_prompts: false}]
+images_per_prompt: 0
+settings: {n_personas: 1}
+"""
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+@pytest.fixture
+def suite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.yaml"
+    path.write_text(SUITE)
+    return path
+
+
+def test_eval_run_then_resume_then_report(
+    tmp_path: Path, suite_file: Path, fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", fake_server.base_url)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(out), "--concurrency", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4 sample(s) run, 0 already done, 0 failed" in result.output
+    for name in ("samples.jsonl", "summary.json", "report.md", "report.html", "manifest.json", "suite.yaml"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["n_personas"] == 1 and manifest["seeds"] == [0]  # the suite's settings won
+    assert {f["id"] for f in manifest["prompt_files"]} >= {"consensus", "single_rewrite"}
+    assert len(manifest["suite_sha256"]) == 64 and manifest["llm"]["base_url"] == fake_server.base_url
+    assert len(read_records(out / "samples.jsonl")) == 4
+
+    again = runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(out), "--resume"])
+    assert again.exit_code == 0 and "0 sample(s) run, 4 already done" in again.output
+
+    report = runner.invoke(app, ["eval", "report", str(out)])
+    assert report.exit_code == 0 and "full_graph_vp" in report.output and "Overview" in report.output
+    other = tmp_path / "other" / "run"  # same directory name: the columns get numbered
+    runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(other)])
+    table = tmp_path / "cmp.md"
+    compared = runner.invoke(app, ["eval", "report", str(out), str(other), "--out", str(table)])
+    assert compared.exit_code == 0, compared.output
+    text = table.read_text()
+    assert "| system | metric | 1:run | 2:run | Δ 2:run |" in text and "| full_graph_vp | tokens |" in text
+
+
+def test_eval_run_refuses_a_used_out_dir_in_one_line(
+    tmp_path: Path, suite_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    line = _one_line_error(capsys, ["eval", "run", str(suite_file), "--out", str(tmp_path / "run")])
+    assert "is not empty (notes.txt); pass --resume" in line
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("edit", "argv", "needle"),
+    [
+        (("images_per_prompt: 0", "images_per_prompt: 0\nprompt: x"), [], "cli.yaml: prompt: Extra inputs"),
+        (("settings: {n_personas: 1}", "settings: {preset: huge}"), [], "cli.yaml: setting preset='huge'"),
+        (("kind: plain,", "kind: plain, vp_scale: 99,"), [], "systems.1.vp_scale: Input should be less"),
+        (None, ["--concurrency", "0"], "--concurrency 0: allowed 1 or more"),
+    ],
+)
+def test_eval_run_bad_input_is_one_line(
+    tmp_path: Path,
+    suite_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: tuple[str, str] | None,
+    argv: list[str],
+    needle: str,
+) -> None:
+    if edit is not None:
+        suite_file.write_text(SUITE.replace(*edit))
+    line = _one_line_error(capsys, ["eval", "run", str(suite_file), "--out", str(tmp_path / "r"), *argv])
+    assert needle in line
+
+
+def test_eval_run_without_a_server_is_one_line(
+    tmp_path: Path, suite_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMODIR_LLM_PORT", "9")  # nothing listens on the discard port
+    argv = ["eval", "run", str(suite_file), "--out", str(tmp_path / "r"), "--no-autostart"]
+    assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in _one_line_error(capsys, argv)
+    assert not (tmp_path / "r").exists()  # nothing was created before the checks passed
+
+
+def test_eval_report_on_a_non_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "is not an eval run directory" in _one_line_error(capsys, ["eval", "report", str(tmp_path)])
+
+
+def test_an_interrupted_run_says_how_to_resume(
+    tmp_path: Path,
+    suite_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    fake_server: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import evals.runner
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", fake_server.base_url)
+    monkeypatch.setattr(evals.runner, "run_suite", interrupted)
+    assert main(["eval", "run", str(suite_file), "--out", str(tmp_path / "r")]) == 130
+    assert f"--out {tmp_path / 'r'} --resume" in capsys.readouterr().err
