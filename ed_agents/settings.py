@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     prompts_dir: Path = REPO_ROOT / "prompts"
 
     # --- MC-Diffusion (`emodir generate`) ---
-    preset: Literal["tiny", "sd15", "sdxl"] = Field("tiny", description="Diffusion preset.")
+    preset: Literal["tiny", "world", "sd15", "sdxl"] = Field("tiny", description="Diffusion preset.")
     diffusion_model: str | None = Field(
         None, description="Hub id or local dir overriding the preset's model."
     )

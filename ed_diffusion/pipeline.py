@@ -28,7 +28,7 @@ from ed_diffusion.images import contact_sheet, save_png_atomic
 log = logging.getLogger(__name__)
 
 PresetName = Literal["tiny", "sd15", "sdxl"]
-PRESET_NAMES: tuple[str, ...] = ("tiny", "sd15", "sdxl")
+PRESET_NAMES: tuple[str, ...] = ("tiny", "world", "sd15", "sdxl")
 NegativeVP = Literal["none", "opposite", "confusable"]
 
 
@@ -70,7 +70,9 @@ def resolve_preset(
     """The preset ``name``, with explicit model/bank/adapter paths winning over its defaults.
 
     ``tiny`` builds (once, into ``cache_dir``) random-weight SDXL-class components, tiny CLIP encoders, a bank
-    over a procedural toy dataset and a fresh adapter, so the whole production path runs on a CPU.
+    over a procedural toy dataset and a fresh adapter, so the whole production path runs on a CPU. ``world``
+    is the small SD 1.5-class model trained on the synthetic affective world (``ed_diffusion.world.preset``):
+    its images' emotion and content can be read back by the world's oracles (``emodir world check``).
 
     Raises:
         InvalidInputError: unknown preset name.
@@ -92,6 +94,21 @@ def resolve_preset(
             guidance=5.0,
             size=64,
             encoders=str(files.encoders),
+        )
+    if name == "world":
+        from ed_diffusion.world.preset import ensure_world_preset
+
+        world = ensure_world_preset(cache_dir / "world-preset", on_progress=on_progress)
+        return PresetSpec(
+            "world",
+            "sd15",
+            model or str(world.pipeline),
+            bank or str(world.bank),
+            adapter or str(world.adapter),
+            steps=25,
+            guidance=3.0,
+            size=32,
+            encoders=str(world.encoders),
         )
     if bank is None:
         raise ModelMissingError(
@@ -212,6 +229,9 @@ class MCDiffusion:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self._lock = threading.Lock()
+        # render() sets the UNet's emotion scale and drives one pipeline: concurrent callers (eval runs, chat)
+        # take turns instead of racing on that shared state.
+        self._render_lock = threading.Lock()
         self._loaded = False
         self.pipe: Any = None
         self.bank: VisualPromptBank | None = None
@@ -324,6 +344,10 @@ class MCDiffusion:
         """
         _check_request(request)
         self.load()
+        with self._render_lock:
+            return self._render(request)
+
+    def _render(self, request: RenderRequest) -> RenderResult:
         from ed_diffusion.models.adapter import set_emotion_scale
 
         p = self.preset

@@ -22,6 +22,7 @@ from ed_diffusion.world.dataset import (
     unusual_pairs,
 )
 from ed_diffusion.world.oracle import (
+    COLOUR_ATTRIBUTES,
     Measurement,
     content_of,
     content_scores,
@@ -44,6 +45,7 @@ from ed_diffusion.world.spec import (
 
 __all__ = [
     "ATTRIBUTE_NAMES",
+    "COLOUR_ATTRIBUTES",
     "CONTENT_CLASSES",
     "Attributes",
     "EmotionStyle",

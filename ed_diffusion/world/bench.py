@@ -1,0 +1,372 @@
+"""`emodir world bench`: the paper's ablation on the affective world, measured by the exact oracles.
+
+Per seed: pretrain a text-only model from scratch on the shortcut-biased train split, build its visual-prompt
+bank, train the adapter with SFT, then (both from the SFT adapter) image-pair DPO and image-pair DPO + the
+negative-visual-prompt term. Each system draws the unusual (content, emotion) pairs from identical noise; the
+oracles read emotion and content from the pixels. The autoencoder is shared by all seeds (it is the image
+codec, not a compared system). Seeds run in worker processes; a finished seed is never redone, and a killed
+seed reuses its finished base model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ed_common.emotions import Emotion
+from ed_common.errors import InvalidInputError
+from ed_diffusion.world.dataset import WorldPaths, make_world, typical_pairs, unusual_pairs
+from ed_diffusion.world.spec import WorldSpec
+
+log = logging.getLogger(__name__)
+
+SYSTEMS: tuple[str, ...] = ("text_only", "vp_sft", "vp_dpo", "vp_dpo_neg_vp")
+SYSTEM_LABELS = {
+    "text_only": "text-only baseline",
+    "vp_sft": "+ visual prompts (SFT)",
+    "vp_dpo": "+ DPO (image pairs)",
+    "vp_dpo_neg_vp": "+ DPO with negative VP",
+}
+METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
+ProgressFn = Callable[[int, str], None]  # (steps advanced, description)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and schedules of one benchmark (``full()`` and ``quick()`` are the shipped ones)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    world_seed: int = 0
+    n_train: int = 4000
+    n_test: int = 256
+    shortcut: float = 0.9
+    vae_steps: int = 800
+    base_steps: int = 1500
+    sft_steps: int = 300
+    dpo_steps: int = 150
+    batch: int = 32
+    base_lr: float = 2e-3
+    adapter_lr: float = 3e-3
+    beta: float = 500.0
+    clusters: int = 4
+    samples_per_pair: int = 2
+    sample_steps: int = 25
+    guidance: float = 3.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        """Validate (one-line errors naming the field and what is allowed)."""
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise InvalidInputError(f"seeds={self.seeds!r}; allowed: distinct integers >= 0, at least one")
+        for name in (
+            "n_train",
+            "n_test",
+            "vae_steps",
+            "base_steps",
+            "sft_steps",
+            "dpo_steps",
+            "batch",
+            "clusters",
+            "samples_per_pair",
+            "sample_steps",
+            "workers",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise InvalidInputError(f"{name}={getattr(self, name)}; allowed: an integer >= 1")
+        if not 0.0 <= self.shortcut <= 1.0:
+            raise InvalidInputError(f"shortcut={self.shortcut}; allowed: a number in [0, 1]")
+
+    @classmethod
+    def full(cls, **overrides: Any) -> BenchConfig:
+        """The reported benchmark (about 15-20 minutes on 2 cores)."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchConfig:
+        """A smoke run of the whole path for CI (a few minutes); its numbers mean little."""
+        small = cls(
+            n_train=800,
+            n_test=64,
+            vae_steps=120,
+            base_steps=120,
+            sft_steps=30,
+            dpo_steps=15,
+            samples_per_pair=1,
+            sample_steps=8,
+        )
+        return replace(small, **overrides)
+
+    def steps_per_seed(self) -> int:
+        """Progress units of one seed (training steps plus one unit per system evaluated)."""
+        return self.base_steps + self.sft_steps + 2 * self.dpo_steps + len(SYSTEMS)
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; write ``results.json``, ``results.md``, ``samples.png``.
+
+    Raises:
+        InvalidInputError: ``out`` holds a benchmark with a different configuration.
+    """
+    from ed_diffusion.world.report import write_reports
+
+    out = Path(out)
+    started = time.perf_counter()
+    world, vae_dir = prepare_bench(out, cfg, progress=progress)
+    todo = [s for s in cfg.seeds if not (out / f"seed{s}" / "result.json").is_file()]
+    if todo:
+        _run_seeds(out, world, vae_dir, cfg, todo, progress)
+    seeds = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in cfg.seeds]
+    reference = _reference_rows(out, world, vae_dir)
+    results = {
+        "format": "emodir-world-bench",
+        "format_version": 1,
+        "config": asdict(cfg),
+        "systems": {s: SYSTEM_LABELS[s] for s in SYSTEMS},
+        "summary": aggregate(seeds),
+        "reference": reference,
+        "seeds": seeds,
+        "wall_s_this_call": round(time.perf_counter() - started, 1),
+    }
+    write_reports(out, results)
+    return results
+
+
+def prepare_bench(
+    out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
+) -> tuple[WorldPaths, Path]:
+    """Create or reopen ``out``: the world and the shared autoencoder (each made once, reused on resume)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    world = _ensure_world(out / "world", cfg)
+    return world, _ensure_vae(out / "vae", world, cfg, progress)
+
+
+def _check_config(out: Path, cfg: BenchConfig) -> None:
+    path = out / "config.json"
+    want = json.dumps(asdict(cfg), sort_keys=True)
+    if path.is_file():
+        have = json.dumps(json.loads(path.read_text()), sort_keys=True)
+        if have != want:
+            raise InvalidInputError(
+                f"{out} holds a benchmark with another configuration ({path}); allowed: the same options "
+                "to resume it, or a new --out directory"
+            )
+        return
+    _write_json(path, asdict(cfg))
+
+
+def _ensure_world(root: Path, cfg: BenchConfig) -> WorldPaths:
+    paths = WorldPaths.at(root)
+    if paths.meta_json.is_file():
+        return paths
+    return make_world(
+        root,
+        n_train=cfg.n_train,
+        n_test=cfg.n_test,
+        seed=cfg.world_seed,
+        shortcut=cfg.shortcut,
+        overwrite=True,
+    )
+
+
+def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: ProgressFn | None) -> Path:
+    if (target / "config.json").is_file():
+        return target
+    from ed_diffusion.world.data import load_split
+    from ed_diffusion.world.model import WorldModelConfig
+    from ed_diffusion.world.train import train_vae
+
+    data = load_split(world, "train")
+
+    def step(n: int) -> None:
+        if progress is not None:
+            progress(n, "autoencoder")
+
+    vae = train_vae(data.pixels, WorldModelConfig(), steps=cfg.vae_steps, seed=cfg.world_seed, on_step=step)
+    tmp = Path(tempfile.mkdtemp(prefix=".vae-", dir=target.parent))
+    vae.save_pretrained(tmp, safe_serialization=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _run_seeds(
+    out: Path,
+    world: WorldPaths,
+    vae_dir: Path,
+    cfg: BenchConfig,
+    todo: list[int],
+    progress: ProgressFn | None,
+) -> None:
+    workers = max(1, min(cfg.workers, len(todo), os.cpu_count() or 1))
+    if workers == 1:
+        for s in todo:
+            run_seed(s, cfg, world.root, vae_dir, out, _Relay(progress))
+        return
+    ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(workers,)
+        ) as pool:
+            futures = [
+                pool.submit(run_seed, s, cfg, world.root, vae_dir, out, _Relay(None, queue)) for s in todo
+            ]
+            while not all(f.done() for f in futures):
+                _drain(queue, progress, timeout=0.5)
+            _drain(queue, progress, timeout=0.0)
+            for f in futures:
+                f.result()  # re-raise a worker's error here
+
+
+def _init_worker(workers: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _drain(queue: Any, progress: ProgressFn | None, timeout: float) -> None:
+    import queue as q
+
+    try:
+        item = queue.get(timeout=timeout) if timeout > 0 else queue.get_nowait()
+        while True:
+            if progress is not None:
+                progress(*item)
+            item = queue.get_nowait()
+    except q.Empty:
+        return
+
+
+class _Relay:
+    """Progress from a worker: straight to the callback in-process, through a queue across processes."""
+
+    def __init__(self, progress: ProgressFn | None, queue: Any = None) -> None:
+        self.progress, self.queue = progress, queue
+
+    def __call__(self, n: int, what: str) -> None:
+        if self.queue is not None:
+            self.queue.put((n, what))
+        elif self.progress is not None:
+            self.progress(n, what)
+
+
+# ------------------------------------------------------------------------------------------- one seed
+def run_seed(
+    seed: int, cfg: BenchConfig, world_root: Path, vae_dir: Path, out: Path, relay: Any
+) -> dict[str, Any]:
+    """Train the four systems of one seed, evaluate them, write ``seed<N>/result.json`` (atomically)."""
+    from ed_diffusion.world.systems import train_systems
+
+    seed_dir = out / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    result = train_systems(seed, cfg, WorldPaths.at(world_root), vae_dir, seed_dir, relay)
+    _write_json(seed_dir / "result.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def eval_pairs(cfg: BenchConfig, spec: WorldSpec | None = None) -> list[tuple[str, Emotion, str, int]]:
+    """(content, emotion, split, sample index) of every evaluation image: unusual pairs, then typical ones."""
+    rows = [(c, e, "unusual", i) for c, e in unusual_pairs(spec) for i in range(cfg.samples_per_pair)]
+    rows += [(c, e, "typical", i) for c, e in typical_pairs(spec) for i in range(cfg.samples_per_pair)]
+    return rows
+
+
+def score_images(
+    images: np.ndarray, pairs: list[tuple[str, Emotion, str, int]], spec: WorldSpec | None = None
+) -> dict[str, dict[str, float]]:
+    """Oracle metrics per split: emotion (colour reading), content, joint, shortcut rate, p(target)."""
+    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, emotion_log_likelihoods, measure
+
+    world = spec or WorldSpec()
+    per: dict[str, list[dict[str, float]]] = {}
+    for img, (content, emotion, split, _) in zip(images, pairs, strict=True):
+        m = measure(img, world)
+        ll = emotion_log_likelihoods(m, world, COLOUR_ATTRIBUTES)
+        p = np.exp(ll - ll.max())
+        p /= p.sum()
+        best = int(np.argmax(m.content_iou))
+        drawn = world.contents[best] if m.content_iou[best] >= 0.5 else None
+        e_ok, c_ok = int(np.argmax(p)) == emotion.label_index, drawn == content
+        per.setdefault(split, []).append(
+            {
+                "emotion_acc": float(e_ok),
+                "content_acc": float(c_ok),
+                "joint_acc": float(e_ok and c_ok),
+                "shortcut_rate": float(
+                    drawn is not None and drawn != content and world.is_typical(drawn, emotion)
+                ),
+                "target_prob": float(p[emotion.label_index]),
+            }
+        )
+    return {
+        split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS} | {"n": len(rows)}
+        for split, rows in per.items()
+    }
+
+
+def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sample std, min and max over seeds of every system x split x metric."""
+    out: dict[str, Any] = {}
+    for system in SYSTEMS:
+        out[system] = {}
+        for split in ("unusual", "typical"):
+            out[system][split] = {}
+            for metric in (*METRICS, "vp_gap", "vp_win_rate"):
+                vals = [s["systems"][system][split].get(metric) for s in seeds]
+                vals = [v for v in vals if v is not None]
+                if not vals:
+                    continue
+                arr = np.array(vals, dtype=np.float64)
+                out[system][split][metric] = {
+                    "mean": float(arr.mean()),
+                    "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+                    "min": float(arr.min()),
+                    "max": float(arr.max()),
+                    "n_seeds": len(arr),
+                }
+    return out
+
+
+def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, Any]:
+    """Oracle metrics of the real test images and of their autoencoder reconstructions (the ceiling)."""
+    path = out / "reference.json"
+    if path.is_file():
+        cached: dict[str, Any] = json.loads(path.read_text())
+        return cached
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+    from ed_diffusion.world.data import load_split
+    from ed_diffusion.world.train import decode_latents, encode_latents
+
+    test = load_split(world, "test")
+    pairs = [
+        (c, Emotion.from_index(int(e)), "unusual", 0)
+        for c, e in zip(test.contents, test.emotions, strict=True)
+    ]
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    recon = decode_latents(vae, encode_latents(vae, test.pixels))
+    ref = {
+        "real_test_images": score_images(test.pixels, pairs)["unusual"],
+        "autoencoder_reconstructions": score_images(recon, pairs)["unusual"],
+    }
+    _write_json(path, ref)
+    return ref
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

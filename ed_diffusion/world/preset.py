@@ -1,0 +1,118 @@
+"""The ``world`` preset: the world-trained model, its bank and its full adapter, for ``emodir generate``.
+
+It is seed 0 of a world benchmark: the base pipeline (VAE, text encoder, UNet), the style bank and the
+adapter trained with SFT -> image-pair DPO + negative visual prompt. ``emodir world bench`` installs it when
+the cache has none; otherwise the first ``resolve_preset("world")`` trains it (one seed, no other systems'
+evaluation: minutes on a CPU, once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ed_diffusion.world.systems import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR
+
+PRESET_JSON = "preset.json"
+PRESET_SYSTEM = "vp_dpo_neg_vp"
+
+
+@dataclass(frozen=True)
+class WorldPresetFiles:
+    """Where the installed world preset lives."""
+
+    root: Path
+    pipeline: Path
+    bank: Path
+    adapter: Path
+    encoders: Path
+
+
+def _files(root: Path) -> WorldPresetFiles:
+    return WorldPresetFiles(
+        root, root / PIPELINE_DIR, root / BANK_FILE, root / "adapter.safetensors", root / ENCODERS_DIR
+    )
+
+
+def world_preset_ready(root: Path) -> bool:
+    """Whether a complete preset is installed at ``root``."""
+    return (root / PRESET_JSON).is_file()
+
+
+def install_world_preset(
+    bench_dir: Path, root: Path, *, seed: int, replace: bool = False
+) -> WorldPresetFiles:
+    """Copy seed ``seed`` of a finished benchmark into ``root`` (atomically: temp dir, then rename).
+
+    Raises:
+        FileNotFoundError: the benchmark has no trained seed ``seed``.
+    """
+    src = Path(bench_dir) / f"seed{seed}"
+    adapter = src / ADAPTER_FILES[PRESET_SYSTEM]
+    if not adapter.is_file() or not (src / PIPELINE_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(f"no trained world model in {src}; run `emodir world bench` first")
+    root = Path(root)
+    if world_preset_ready(root) and not replace:
+        return _files(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        shutil.copytree(src / PIPELINE_DIR, tmp / PIPELINE_DIR)
+        shutil.copy2(src / BANK_FILE, tmp / BANK_FILE)
+        shutil.copy2(adapter, tmp / "adapter.safetensors")
+        shutil.copytree(_encoders_of(Path(bench_dir)), tmp / ENCODERS_DIR)
+        config = json.loads((Path(bench_dir) / "config.json").read_text())
+        meta = {
+            "source": str(Path(bench_dir).resolve()),
+            "seed": seed,
+            "system": PRESET_SYSTEM,
+            "config": config,
+        }
+        (tmp / PRESET_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _files(root)
+
+
+def _encoders_of(bench_dir: Path) -> Path:
+    enc = bench_dir / ENCODERS_DIR
+    dirs = sorted(p for p in enc.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise FileNotFoundError(f"no retrieval encoders in {enc}")
+    return dirs[0]
+
+
+def ensure_world_preset(
+    root: Path, *, config: Any = None, on_progress: Callable[[str], None] | None = None
+) -> WorldPresetFiles:
+    """The installed preset at ``root``; trains and installs it first if there is none.
+
+    Args:
+        root: the preset directory (``<cache>/world-preset``).
+        config: a ``BenchConfig`` for the one-off training (default: the full benchmark's schedule, one seed).
+        on_progress: messages for a spinner.
+    """
+    root = Path(root)
+    if world_preset_ready(root):
+        return _files(root)
+    from ed_diffusion.world.bench import BenchConfig, prepare_bench, run_seed
+
+    cfg = config or BenchConfig.full(seeds=(0,), workers=1)
+    build = root.parent / f"{root.name}-build"
+    if on_progress is not None:
+        on_progress(f"training the world preset once into {root} (a few minutes on a CPU)")
+    world, vae_dir = prepare_bench(build, cfg)
+    if not (build / f"seed{cfg.seeds[0]}" / "result.json").is_file():
+        run_seed(cfg.seeds[0], cfg, world.root, vae_dir, build, lambda n, what: None)
+    files = install_world_preset(build, root, seed=cfg.seeds[0])
+    shutil.rmtree(build, ignore_errors=True)
+    return files

@@ -1,0 +1,111 @@
+"""The world benchmark's outputs: ``results.json``, ``results.md`` (the paper-style table), the grid."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ed_diffusion.images import save_png_atomic
+
+COLUMNS = (
+    ("unusual", "emotion_acc", "Emotion acc."),
+    ("unusual", "content_acc", "Content acc."),
+    ("unusual", "joint_acc", "Joint acc."),
+    ("unusual", "shortcut_rate", "Shortcut rate ↓"),
+    ("unusual", "vp_win_rate", "VP win rate"),
+    ("typical", "emotion_acc", "Emotion acc. (typical)"),
+)
+CELL = 64  # pixels per sample in the grid (32 px images upscaled 2x, nearest)
+
+
+def write_reports(out: Path, results: dict[str, Any]) -> None:
+    """Write the three files atomically."""
+    tmp = out / f".results.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "results.json")
+    md = out / f".results.md.tmp-{os.getpid()}"
+    md.write_text(markdown_table(results), encoding="utf-8")
+    os.replace(md, out / "results.md")
+    first = results["seeds"][0]["seed"]
+    # save_png_atomic never overwrites; a resumed benchmark replaces its grid, so write aside, then rename.
+    grid = save_png_atomic(
+        sample_grid(out / f"seed{first}", results), out / f".samples.png.tmp-{os.getpid()}"
+    )
+    os.replace(grid, out / "samples.png")
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    if stat is None:
+        return "–"
+    spread = f" ± {100 * stat['std']:.1f}" if stat.get("n_seeds", 1) > 1 else ""
+    return f"{100 * stat['mean']:.1f}{spread}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The paper-style table: mean ± sample std over seeds, in percent."""
+    summary, cfg = results["summary"], results["config"]
+    lines = [
+        "# Affective world benchmark",
+        "",
+        f"Unusual (content, emotion) pairs of the synthetic world; {len(cfg['seeds'])} seeds "
+        f"({', '.join(map(str, cfg['seeds']))}), {cfg['samples_per_pair']} image(s) per pair and seed, "
+        "mean ± sample std over seeds, in %. Emotion is read by the world's colour oracle, content by its "
+        "silhouette oracle (`docs/design.md`, *World benchmark*).",
+        "",
+        "| System | " + " | ".join(label for _, _, label in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for system, label in results["systems"].items():
+        cells = [_cell(summary[system].get(split, {}).get(metric)) for split, metric, _ in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    ref = results["reference"]
+    lines += ["", "Reference (oracle on test images, not generated):", ""]
+    for name, label in (
+        ("real_test_images", "real images"),
+        ("autoencoder_reconstructions", "VAE reconstructions"),
+    ):
+        r = ref[name]
+        lines.append(
+            f"- {label}: emotion {100 * r['emotion_acc']:.1f}%, content {100 * r['content_acc']:.1f}%, "
+            f"joint {100 * r['joint_acc']:.1f}% (n = {r['n']})"
+        )
+    lines += [
+        "",
+        "Shortcut rate: share of unusual-pair images that show the emotion's *typical* content "
+        "instead of the requested one. VP win rate: share of held-out test images denoised better "
+        "with their own emotion's visual prompt than with another's (0.5 = the prompt is ignored).",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sample_grid(seed_dir: Path, results: dict[str, Any], per_emotion: int = 1) -> Image.Image:
+    """Rows = systems, columns = one unusual pair per emotion (the first sample of each), labelled."""
+    seed = next(s for s in results["seeds"] if seed_dir.name == f"seed{s['seed']}")
+    pairs = seed["eval_pairs"]
+    cols: list[int] = []
+    seen: dict[str, int] = {}
+    for i, (_, emotion, split, idx) in enumerate(pairs):
+        if split == "unusual" and idx == 0 and seen.get(emotion, 0) < per_emotion:
+            seen[emotion] = seen.get(emotion, 0) + 1
+            cols.append(i)
+    systems = list(results["systems"])
+    label_w, head_h = 150, 30
+    sheet = Image.new("RGB", (label_w + CELL * len(cols), head_h + CELL * len(systems)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, i in enumerate(cols):
+        content, emotion = pairs[i][0], pairs[i][1]
+        draw.text((label_w + j * CELL + 2, 2), content, fill="black")
+        draw.text((label_w + j * CELL + 2, 15), emotion[:10], fill="black")
+    for r, system in enumerate(systems):
+        images = np.load(seed_dir / f"samples_{system}.npz")["images"]
+        draw.text((4, head_h + r * CELL + CELL // 2 - 6), results["systems"][system][:24], fill="black")
+        for j, i in enumerate(cols):
+            tile = Image.fromarray(images[i]).resize((CELL, CELL), Image.Resampling.NEAREST)
+            sheet.paste(tile, (label_w + j * CELL, head_h + r * CELL))
+    return sheet

@@ -1,0 +1,159 @@
+"""The world benchmark's parts that need no training: config, style features, scoring, aggregation, table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ed_common.emotions import Emotion
+from ed_common.errors import InvalidInputError
+from ed_diffusion.world import (
+    ATTRIBUTE_NAMES,
+    COLOUR_ATTRIBUTES,
+    CONTENT_CLASSES,
+    emotion_scores,
+    render_image,
+    sample_attributes,
+    sample_layout,
+)
+from ed_diffusion.world.bench import SYSTEMS, BenchConfig, aggregate, eval_pairs, score_images
+from ed_diffusion.world.report import markdown_table
+from ed_diffusion.world.spec import WorldSpec
+from ed_diffusion.world.style import STYLE_DIM, style_features
+
+
+def _images(pairs: list[tuple[str, Emotion]], seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([render_image(c, sample_attributes(rng, e), 32, rng) for c, e in pairs])
+
+
+def test_bench_config_rejects_bad_values_with_the_field_name() -> None:
+    with pytest.raises(InvalidInputError, match="seeds"):
+        BenchConfig(seeds=())
+    with pytest.raises(InvalidInputError, match="seeds"):
+        BenchConfig(seeds=(1, 1))
+    with pytest.raises(InvalidInputError, match="base_steps=0"):
+        BenchConfig(base_steps=0)
+    with pytest.raises(InvalidInputError, match="shortcut"):
+        BenchConfig(shortcut=1.5)
+    assert BenchConfig.quick().base_steps < BenchConfig.full().base_steps
+    assert BenchConfig.full(seeds=(4,)).seeds == (4,)
+
+
+def test_eval_pairs_are_unusual_then_typical_and_never_typical_in_the_unusual_part() -> None:
+    cfg = BenchConfig.quick(samples_per_pair=2)
+    pairs = eval_pairs(cfg)
+    spec = WorldSpec()
+    unusual = [(c, e) for c, e, split, _ in pairs if split == "unusual"]
+    typical = [(c, e) for c, e, split, _ in pairs if split == "typical"]
+    assert unusual and typical
+    assert all(not spec.is_typical(c, e) for c, e in unusual)
+    assert all(spec.is_typical(c, e) for c, e in typical)
+    assert len(unusual) == 2 * len(set(unusual))
+
+
+def test_style_features_separate_palettes_and_ignore_the_silhouette() -> None:
+    rng = np.random.default_rng(0)
+    attrs = sample_attributes(rng, Emotion.ANGER)
+    layout = sample_layout(rng)
+    a = render_image("circle", attrs, 32, np.random.default_rng(1), layout=layout)
+    b = render_image("cross", attrs, 32, np.random.default_rng(1), layout=layout)
+    c = render_image(
+        "circle", sample_attributes(rng, Emotion.CONTENTMENT), 32, np.random.default_rng(1), layout=layout
+    )
+    f = style_features(np.stack([a, b, c]))
+    assert f.shape == (3, STYLE_DIM) and f.dtype.is_floating_point
+    same_style = float((f[0] - f[1]).norm())
+    other_style = float((f[0] - f[2]).norm())
+    assert other_style > 3 * same_style, (same_style, other_style)
+    with pytest.raises(ValueError, match="uint8"):
+        style_features(np.zeros((1, 8, 8, 3), dtype=np.float32))
+
+
+def test_colour_oracle_reads_real_images_and_rejects_unknown_attributes() -> None:
+    pairs = [(CONTENT_CLASSES[i % 8], e) for i, e in enumerate(list(Emotion) * 5)]
+    images = _images(pairs)
+    hits = sum(
+        int(np.argmax(emotion_scores(im, attributes=COLOUR_ATTRIBUTES))) == e.label_index
+        for im, (_, e) in zip(images, pairs, strict=True)
+    )
+    assert hits / len(pairs) >= 0.9
+    with pytest.raises(InvalidInputError, match="unknown oracle attributes"):
+        emotion_scores(images[0], attributes=("hue", "smell"))
+    assert set(COLOUR_ATTRIBUTES) < set(ATTRIBUTE_NAMES)
+
+
+def test_score_images_separates_right_from_wrong_targets() -> None:
+    spec = WorldSpec()
+    unusual = [(c, e) for e in Emotion for c in CONTENT_CLASSES if not spec.is_typical(c, e)][::3]
+    images = _images(unusual)
+    right = [(c, e, "unusual", 0) for c, e in unusual]
+    good = score_images(images, right)["unusual"]
+    assert good["emotion_acc"] >= 0.9 and good["content_acc"] == 1.0 and good["shortcut_rate"] == 0.0
+    # Asking for another emotion than the one drawn: emotion and joint accuracy collapse, content stays.
+    shifted = [(c, Emotion.from_index((e.label_index + 4) % 8), "unusual", 0) for c, e in unusual]
+    bad = score_images(images, shifted)["unusual"]
+    assert bad["emotion_acc"] <= 0.1 and bad["joint_acc"] <= 0.1 and bad["content_acc"] == 1.0
+    # Images of the emotion's typical content when an unusual one was asked for: the shortcut is counted.
+    typical_drawn = [(spec.typical_contents(e)[0], e) for _, e in unusual]
+    shortcut = score_images(_images(typical_drawn), right)["unusual"]
+    assert shortcut["shortcut_rate"] >= 0.9 and shortcut["content_acc"] <= 0.1
+
+
+def _seed_result(seed: int, acc: float) -> dict[str, object]:
+    metrics = {
+        "emotion_acc": acc,
+        "content_acc": 1.0,
+        "joint_acc": acc,
+        "shortcut_rate": 0.0,
+        "target_prob": acc,
+        "n": 10,
+    }
+    return {
+        "seed": seed,
+        "systems": {s: {"unusual": dict(metrics), "typical": dict(metrics)} for s in SYSTEMS},
+    }
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds() -> None:
+    summary = aggregate([_seed_result(0, 0.2), _seed_result(1, 0.4), _seed_result(2, 0.6)])
+    stat = summary["text_only"]["unusual"]["emotion_acc"]
+    assert stat["mean"] == pytest.approx(0.4)
+    assert stat["std"] == pytest.approx(0.2)  # sample std (ddof=1) of 0.2, 0.4, 0.6
+    assert (stat["min"], stat["max"], stat["n_seeds"]) == (0.2, 0.6, 3)
+    assert "vp_gap" not in summary["text_only"]["unusual"]
+
+
+def test_markdown_table_has_one_row_per_system_in_percent() -> None:
+    seeds = [_seed_result(0, 0.25), _seed_result(1, 0.75)]
+    ref = {"emotion_acc": 1.0, "content_acc": 1.0, "joint_acc": 1.0, "n": 4}
+    results = {
+        "config": {"seeds": [0, 1], "samples_per_pair": 1},
+        "systems": {s: s for s in SYSTEMS},
+        "summary": aggregate(seeds),
+        "reference": {"real_test_images": ref, "autoencoder_reconstructions": ref},
+    }
+    table = markdown_table(results)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "System" not in line]
+    assert len(rows) == len(SYSTEMS)
+    assert "50.0 ± 35.4" in rows[0]  # mean 0.5, sample std 0.354
+
+
+def test_world_tokenizer_has_one_token_per_world_word_and_falls_back_to_bytes(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    from ed_diffusion.world.model import build_world_tokenizer, world_words
+
+    tok = build_world_tokenizer()
+    assert {"feeling", "awe", "circle", "picture"} <= set(world_words())
+    for word in world_words():
+        assert len(tok(word).input_ids) == 3, word  # start, the word, end
+    ids = tok("an angry dog").input_ids  # not world words: still encodable, character by character
+    assert len(ids) > 5 and tok.unk_token_id not in ids[1:-1]  # (CLIP: unk = end of text)
+    saved = Path(str(tmp_path)) / "tok"
+    tok.save_pretrained(saved)
+    again = CLIPTokenizer.from_pretrained(saved)
+    text = "a drawing of a tree, feeling sadness"
+    assert again(text).input_ids == tok(text).input_ids
