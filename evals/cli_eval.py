@@ -61,7 +61,7 @@ def _out_dir(out: Path | None, settings: Settings, suite: Suite, shard: Shard) -
 
 
 def _rich_table(t: TableData) -> Table:
-    table = Table(*t.header, title=t.title)
+    table = Table(*(esc(h) for h in t.header), title=esc(t.title))  # run labels are directory names
     for row in t.rows:
         table.add_row(*(esc(c) for c in row))
     return table

@@ -181,6 +181,9 @@ def finalize_run(
 def load_run(out: Path, *, image_scorer: ImageScorer | None = None) -> dict[str, Any]:
     """A run's summary, merging shards and re-scoring first when sample files are newer than it.
 
+    While a process of the run still appends (or another merges), nothing in ``out`` is written: the summary
+    of what is recorded so far is computed and returned only.
+
     Raises:
         InvalidInputError: ``out`` is not a run directory.
     """
@@ -196,9 +199,11 @@ def load_run(out: Path, *, image_scorer: ImageScorer | None = None) -> dict[str,
         with merge_lock(out) as acquired:
             if acquired:
                 records = merge_samples(out, [s.id for s in suite.plan()])
-            else:  # another process is merging: read what is there without writing
-                records = list(best_records(files).values())
-            return finalize_run(out, suite, records, image_scorer=image_scorer)
+                return finalize_run(out, suite, records, image_scorer=image_scorer)
+        # A process is still writing or merging: read what is there, in plan order, without writing.
+        best = best_records(sample_files(out))
+        records = [best[s.id] for s in suite.plan() if s.id in best]
+        return summarize(suite, out, records, image_scorer=image_scorer)
     data: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
     return data
 

@@ -7,7 +7,7 @@ and tiny preset, or against fakes.
 Resume: the samples that have an ok record in any sample file are skipped; failed and missing ones are run
 (again). Interrupt (Ctrl-C, or any exception out of a worker): no new sample starts, the ones in flight
 finish and are recorded, then the exception propagates. The last rank to finish (the one that sees every
-planned sample recorded) merges the shards under a lock; see ``shards``.
+planned sample recorded and no other rank still writing) merges the shards under a lock; see ``shards``.
 """
 
 from __future__ import annotations
@@ -214,5 +214,5 @@ def _finish(
                 merge_samples(out, ids)
                 merged = True
             else:
-                log.info("another process is merging %s", out)
+                log.info("another process is still writing to or merging %s; it will merge", out)
     return RunOutcome(len(plan), owned, skipped, ran, failed, complete, merged)

@@ -6,6 +6,11 @@ appends them to ``samples.rank{r}.jsonl``; a single process appends to ``samples
 written with one ``write`` and ``fsync``ed, so a kill loses at most the line being written; a torn last line
 is cut off before appending again and ignored when reading. ``samples.jsonl`` after a merge is the union of
 every sample file, one record per id (ok beats error, then the later one), in plan order.
+
+A merge replaces ``samples.jsonl`` by rename, so it must never run while a process appends: a single
+process appends to that very file, and its open descriptor would keep writing into the replaced (unlinked)
+one. So every open ``SampleWriter`` holds a shared ``flock`` on ``.merge.lock`` and a merge needs the
+exclusive one: while any process of the run is still writing, nobody merges (``eval report`` only reads).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from evals.records import SampleRecord
 log = logging.getLogger(__name__)
 
 SAMPLES = "samples.jsonl"
+MERGE_LOCK = ".merge.lock"
 # What other ranks of the same multi-process run may already have created when this rank starts.
-_SHARED_FILES = {"manifest.json", "suite.yaml", "images", ".merge.lock"}
+_SHARED_FILES = {"manifest.json", "suite.yaml", "images", MERGE_LOCK}
 
 
 @dataclass(frozen=True)
@@ -162,10 +168,20 @@ class SampleWriter:
     """Appends records to one file, one ``write`` + ``fsync`` per line, safe to share between threads."""
 
     def __init__(self, path: Path) -> None:
-        """Open ``path`` for appending (created if missing), after cutting a torn last line."""
-        repair_tail(path)
+        """Open ``path`` for appending (created if missing), after cutting a torn last line.
+
+        Holds a shared lock on the run's merge lock until closed (waiting for a merge in progress), so no
+        merge replaces a sample file while it is appended to (see the module docstring).
+        """
+        self._lock_fd = os.open(path.parent / MERGE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            repair_tail(path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except BaseException:
+            os.close(self._lock_fd)  # closing releases the lock
+            raise
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
 
     def write(self, record: SampleRecord) -> None:
@@ -183,6 +199,7 @@ class SampleWriter:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+                os.close(self._lock_fd)  # releases the shared lock: a merge may run now
 
     def __enter__(self) -> SampleWriter:
         return self
@@ -225,11 +242,12 @@ def merge_samples(out: Path, order: list[str]) -> list[SampleRecord]:
 
 @contextlib.contextmanager
 def merge_lock(out: Path) -> Iterator[bool]:
-    """An exclusive, non-blocking lock on the run's merge; yields False if another process holds it.
+    """An exclusive, non-blocking lock on the run's merge; yields False if another process merges or any
+    process still appends to a sample file (an open ``SampleWriter``).
 
     ``flock`` is released by the kernel when its holder dies, so a killed merge never blocks a later one.
     """
-    fd = os.open(out / ".merge.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out / MERGE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

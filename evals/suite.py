@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -74,8 +75,14 @@ class SystemEntry(_Strict):
         if self.template is not None:
             if self.kind != "plain":
                 raise ValueError(f"template only applies to kind plain, not {self.kind}")
-            fields = set(re.findall(r"{(\w*)}", self.template))
-            if "prompt" not in fields or not fields <= {"prompt", "emotion"}:
+            try:  # as str.format reads it: "{{prompt}}" is a literal, "{prompt.x}" an attribute lookup
+                parsed = list(string.Formatter().parse(self.template))
+            except ValueError as exc:
+                raise ValueError(f"template {self.template!r} is not a format string: {exc}") from None
+            fields = [(f, spec, conv) for _, f, spec, conv in parsed if f is not None]
+            names = {f for f, _, _ in fields}
+            plain = all(not spec and conv is None for _, spec, conv in fields)
+            if "prompt" not in names or not names <= {"prompt", "emotion"} or not plain:
                 raise ValueError(
                     f"template {self.template!r} must contain {{prompt}} and may contain {{emotion}}, "
                     "nothing else"

@@ -216,6 +216,8 @@ def run_sample(
             shutil.rmtree(sample_dir)
         options = render_options(suite, system, spec, sample_dir) if suite.images_per_prompt else None
         state = run_system(system, spec, ctx, graph, options)
+        # Inside the try: reading the render manifest or validating the record can fail too.
+        return _ok_record(base, state, out, start)
     except Exception as exc:  # one failed sample is data, not the end of the run
         trace = exc.trace if isinstance(exc, SampleFailedError | LLMCallError) else []
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:MAX_ERROR_CHARS]
@@ -227,6 +229,9 @@ def run_sample(
             wall_s=time.perf_counter() - start,
             finished=_now(),
         )
+
+
+def _ok_record(base: dict[str, Any], state: dict[str, Any], out: Path, start: float) -> SampleRecord:
     return SampleRecord(
         **base,
         status="ok",

@@ -6,8 +6,9 @@ Per record (only what the config enables): ``emotion_correct``, ``polarity_corre
 ``clip_distance/``) for diversity, and ``content_top_k`` when CLIP judges content. Means of the per-record
 metrics are the caller's: it groups records as it likes.
 
-Records are read in batches of ``batch_size`` images, so memory does not grow with the evaluation size; in a
-batch every CLIP-based scorer shares one image forward pass (``CachedImageEmbeds``).
+Records are read in batches of ``batch_size`` images, so memory does not grow with the evaluation size (except
+LPIPS diversity, which holds one emotion's images and their AlexNet features at a time); in a batch every
+CLIP-based scorer shares one image forward pass (``CachedImageEmbeds``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 Diversity is measured two ways. *Across personas*: the persona reactions inside one sample (do the
 personas say different things?), a per-sample metric. *Across prompts*: the final prompts of one system for
 one emotion (does the system paste the same emotion template onto every prompt? the "template-like
-rewrite" problem), a set metric. Texts are tokenised with ``ed_agents.anchors.words`` (lower case, words and
-numbers, punctuation dropped), the tokeniser the content-anchor checks use.
+rewrite" problem), a set metric. A set holds one rewrite per prompt: the group is split by seed (and by the
+index of a pair listed twice), each set is scored and the sets' values are averaged, so rewrites of the
+*same* prompt under other seeds (identical for ``plain``) never count as template-like. Texts are tokenised
+with ``ed_agents.anchors.words`` (lower case, words and numbers, punctuation dropped), the tokeniser the
+content-anchor checks use.
 
 Self-BLEU (Zhu et al. 2018, Texygen) is the mean over texts of BLEU-4 of each text against all the others
 as references. BLEU is implemented here as NLTK's ``sentence_bleu`` with uniform weights and
@@ -17,9 +20,10 @@ never reach 1 (their 4-gram precision is smoothed), as in NLTK.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from statistics import mean
 
 from ed_agents.anchors import STOPWORDS, words
@@ -161,13 +165,23 @@ def visual_word_shares(final_prompt: str, user_prompt: str = "") -> dict[str, fl
 
 
 # ------------------------------------------------------------------------------------------ scorers
-def _final_prompts(samples: Sequence[SampleRecord]) -> list[str]:
-    return [s.final_prompt for s in samples if s.final_prompt]
+def _prompt_sets(samples: Sequence[SampleRecord]) -> list[list[str]]:
+    # One set per (seed, index): each holds at most one rewrite of each prompt.
+    sets: dict[tuple[int, int], list[str]] = {}
+    for s in samples:
+        if s.final_prompt:
+            sets.setdefault((s.seed, s.index), []).append(s.final_prompt)
+    return [sets[k] for k in sorted(sets)]
+
+
+def _mean_over_sets(sets: list[list[str]], metric: Callable[[list[str]], float | None]) -> float | None:
+    values = [v for v in map(metric, sets) if v is not None]
+    return mean(values) if values else None
 
 
 @register_scorer("distinct_n")
 def score_distinct_n(samples: Sequence[SampleRecord]) -> GroupScore:
-    """distinct-1/2 across each sample's persona reactions and across the group's final prompts."""
+    """distinct-1/2 across each sample's persona reactions and across the group's final prompts (per seed)."""
     per_sample: list[dict[str, float]] = []
     for s in samples:
         texts = [r.text for r in s.persona_reactions]
@@ -179,8 +193,9 @@ def score_distinct_n(samples: Sequence[SampleRecord]) -> GroupScore:
                     row[f"distinct_{n}_personas"] = value
         per_sample.append(row)
     group = {}
+    sets = _prompt_sets(samples)
     for n in (1, 2):
-        value = distinct_n(_final_prompts(samples), n)
+        value = _mean_over_sets(sets, functools.partial(distinct_n, n=n))
         if value is not None:
             group[f"distinct_{n}_prompts"] = value
     return GroupScore(per_sample, group)
@@ -188,12 +203,12 @@ def score_distinct_n(samples: Sequence[SampleRecord]) -> GroupScore:
 
 @register_scorer("self_bleu")
 def score_self_bleu(samples: Sequence[SampleRecord]) -> GroupScore:
-    """Self-BLEU across each sample's persona reactions and across the group's final prompts."""
+    """Self-BLEU across each sample's persona reactions and across the group's final prompts (per seed)."""
     per_sample = []
     for s in samples:
         value = self_bleu([r.text for r in s.persona_reactions])
         per_sample.append({} if value is None else {"self_bleu_personas": value})
-    across = self_bleu(_final_prompts(samples))
+    across = _mean_over_sets(_prompt_sets(samples), self_bleu)
     return GroupScore(per_sample, {} if across is None else {"self_bleu_prompts": across})
 
 

@@ -130,3 +130,15 @@ def test_an_interrupted_run_says_how_to_resume(
     monkeypatch.setattr(evals.runner, "run_suite", interrupted)
     assert main(["eval", "run", str(suite_file), "--out", str(tmp_path / "r")]) == 130
     assert f"--out {tmp_path / 'r'} --resume" in capsys.readouterr().err
+
+
+def test_rich_tables_escape_markup_in_run_labels() -> None:
+    from rich.console import Console
+
+    from evals.cli_eval import _rich_table
+    from evals.report import TableData
+
+    console = Console(width=120, record=True)
+    console.print(_rich_table(TableData("Comparison", ["metric", "runs[/]", "[red]b"], [["x", "1", "2"]])))
+    text = console.export_text()
+    assert "runs[/]" in text and "[red]b" in text

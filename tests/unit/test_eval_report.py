@@ -235,3 +235,33 @@ def test_bar_chart_draws_negative_and_positive_values() -> None:
     assert image.size == CHART_SIZE
     colours = {image.getpixel((x, y)) for x in range(0, CHART_SIZE[0], 4) for y in range(0, CHART_SIZE[1], 4)}
     assert len(colours) > 3  # bars in two palette colours besides white and the axis
+
+
+def test_report_of_a_run_in_progress_reads_without_writing_and_loses_no_line(tmp_path: Path) -> None:
+    from evals.shards import SampleWriter
+
+    records = _records(tmp_path)
+    (tmp_path / "suite.yaml").write_text(json.dumps(SUITE.model_dump(mode="json")))
+    with SampleWriter(tmp_path / "samples.jsonl") as writer:  # a single-process run, still appending
+        writer.write(records[0])
+        summary = load_run(tmp_path, image_scorer=fake_image_scorer)  # `emodir eval report` meanwhile
+        assert (summary["n_recorded"], summary["complete"]) == (1, False)
+        assert not (tmp_path / "summary.json").exists()  # nothing written under a live run
+        for r in records[1:]:
+            writer.write(r)
+    assert [r.id for r in read_records(tmp_path / "samples.jsonl")] == [r.id for r in records]
+    assert load_run(tmp_path, image_scorer=fake_image_scorer)["n_recorded"] == 4  # now it merges
+
+
+def test_every_suite_scoring_field_maps_onto_the_real_scoring_config() -> None:
+    # The stand-in above fixes the call; this pins the mapping to the real ed_diffusion.scoring API.
+    from ed_diffusion.scoring import ImageScoringConfig
+    from evals.aggregate import image_scoring_config
+
+    real = {f.name: f.default for f in dataclasses.fields(ImageScoringConfig)}
+    section = {k: f.default for k, f in ImageScoringSection.model_fields.items()}
+    assert section == real
+    chosen = ImageScoringSection(emotion_classifier="world_oracle", world_reading="full", batch_size=4)
+    assert image_scoring_config(chosen) == ImageScoringConfig(
+        emotion_classifier="world_oracle", world_reading="full", batch_size=4
+    )

@@ -199,3 +199,19 @@ def test_the_last_shard_to_finish_merges(tmp_path: Path, factory: Any) -> None:
     assert sorted(_ids(out / "samples.rank1.jsonl")) == sorted(plan[1::2])
     assert _ids(out / "samples.jsonl") == plan
     assert {r.rank for r in read_records(out / "samples.rank1.jsonl")} == {1}
+
+
+def test_a_failure_after_the_system_ran_is_an_error_record_not_a_crash(
+    tmp_path: Path, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import evals.systems
+
+    def lost_manifest(*args: Any) -> dict[str, Any]:
+        return {"final_prompt": "a dog", "manifest": str(tmp_path / "gone" / "manifest.json")}
+
+    monkeypatch.setattr(evals.systems, "run_system", lost_manifest)
+    suite = _suite([{"kind": "plain"}], prompts=("a dog", "a cat"))
+    outcome = run_suite(suite, tmp_path / "run", context_factory=factory())
+    assert (outcome.ran, outcome.failed, outcome.complete) == (2, 2, True)
+    records = read_records(tmp_path / "run" / "samples.jsonl")
+    assert all(r.status == "error" and "FileNotFoundError" in (r.error or "") for r in records)

@@ -125,3 +125,13 @@ def test_registry_lists_builtin_scorers_and_names_the_allowed_ones() -> None:
     assert {"distinct_n", "self_bleu", "visual_words", "cost"} <= set(scorer_names())
     with pytest.raises(InvalidInputError, match=r"unknown scorer 'bleurt'; allowed: .*self_bleu"):
         get_scorer("bleurt")
+
+
+def test_across_prompt_diversity_ignores_the_same_prompt_under_other_seeds() -> None:
+    # plain under two seeds: every prompt's rewrite appears twice. That is not a template across prompts.
+    texts = ("a dog at dawn on a hill", "a cat under neon rain", "a car in fog")
+    one_seed = [_record(t) for t in texts]
+    two_seeds = one_seed + [r.model_copy(update={"seed": 1}) for r in one_seed]
+    for name, key in (("self_bleu", "self_bleu_prompts"), ("distinct_n", "distinct_2_prompts")):
+        assert get_scorer(name)(two_seeds).group[key] == pytest.approx(get_scorer(name)(one_seed).group[key])
+    assert get_scorer("self_bleu")(two_seeds).group["self_bleu_prompts"] < 0.2

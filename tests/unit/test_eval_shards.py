@@ -122,3 +122,16 @@ def test_merge_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         assert first and not second
     with merge_lock(tmp_path) as again:
         assert again
+
+
+def test_no_merge_while_a_sample_file_is_being_appended_to(tmp_path: Path) -> None:
+    # A merge renames a new samples.jsonl over the old one: an open appender would keep writing to the old
+    # (unlinked) file and its lines would be lost. So a merge waits until no writer is open.
+    with SampleWriter(tmp_path / "samples.jsonl") as writer:
+        writer.write(_rec("a"))
+        with merge_lock(tmp_path) as acquired:
+            assert not acquired
+    with merge_lock(tmp_path) as acquired:
+        assert acquired
+    with SampleWriter(tmp_path / "samples.rank0.jsonl"), SampleWriter(tmp_path / "samples.rank1.jsonl"):
+        pass  # writers share the lock with each other

@@ -176,6 +176,10 @@ def test_world_suite_asks_only_for_unusual_pairs_and_names_the_emotion_in_text()
     [
         ("{kind: plain, template: 'a {emotion}'}", "must contain {prompt}"),
         ("{kind: plain, template: '{prompt} {mood}'}", "nothing else"),
+        ("{kind: plain, template: '{{prompt}}, sad'}", "must contain {prompt}"),  # a literal, no field
+        ("{kind: plain, template: '{prompt.upper} {prompt}'}", "nothing else"),  # attribute lookup
+        ("{kind: plain, template: '{prompt!r}'}", "nothing else"),
+        ("{kind: plain, template: '{prompt'}", "is not a format string"),  # would fail every sample
         ("{kind: emogen_baseline, template: '{prompt}'}", "template only applies to kind plain"),
     ],
 )
