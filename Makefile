@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := 1
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-app setup-llm demo test test-unit lint bench bench-render bench-eval serve stop clean
+.PHONY: setup setup-app setup-llm demo test test-unit lint bench bench-render bench-eval world-bench serve stop clean
 
 setup: setup-app setup-llm  ## app env in .venv + the LLM server's own env in .venv-vllm
 
@@ -62,6 +62,9 @@ bench: setup  ## agent benchmarks against the real server (prints ratios)
 bench-eval: setup  ## eval agent-phase throughput at concurrency 1, 2, 4 against the real server (prints ratios)
 	$(EMODIR) llm serve --detach
 	status=0; $(VENV)/bin/python evals/perf/bench_eval.py || status=$$?; $(EMODIR) llm stop; exit $$status
+
+world-bench: setup-app  ## the paper's ablation on the synthetic world (~20 min on 2 cores), results in runs/world-bench
+	$(EMODIR) world bench --out runs/world-bench
 
 serve: setup
 	$(EMODIR) llm serve

@@ -367,7 +367,7 @@ def world_bench(
     ] = False,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0,1,2).")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Seeds trained in parallel processes (default 2).")
+        int | None, typer.Option(help="Seeds trained in parallel processes (default 3, one thread each).")
     ] = None,
     install_preset: Annotated[
         bool, typer.Option(help="Install the first seed as the `world` preset if the cache has none.")

@@ -105,12 +105,19 @@ def train_systems(
     text = TextCache(tokenizer, text_encoder)
     lap("bank")
 
-    def hyper(steps: int) -> AdapterHyper:
-        return AdapterHyper(steps=steps, batch=cfg.batch, lr=cfg.adapter_lr, beta=cfg.beta)
+    def hyper(steps: int, lr: float) -> AdapterHyper:
+        return AdapterHyper(steps=steps, batch=cfg.batch, lr=lr, beta=cfg.beta)
 
     histories = {
         "vp_sft": train_adapter(
-            "sft", unet, train, text, tokens, hyper(cfg.sft_steps), seed=seed, on_step=stepper("VP SFT")
+            "sft",
+            unet,
+            train,
+            text,
+            tokens,
+            hyper(cfg.sft_steps, cfg.adapter_lr),
+            seed=seed,
+            on_step=stepper("VP SFT"),
         )
     }
     states = {"vp_sft": adapter_state(unet)}
@@ -124,7 +131,7 @@ def train_systems(
             train,
             text,
             tokens,
-            hyper(cfg.dpo_steps),
+            hyper(cfg.dpo_steps, cfg.dpo_lr),
             seed=seed,
             on_step=stepper(stage.replace("_", " ")),
         )
