@@ -120,6 +120,7 @@ def summarize(
             group_metrics[(name, emotion)].update(scored.group)
 
     section = suite.image_scoring
+    provenance: dict[str, Any] | None = None
     if section.enabled:
         # CLIP zero-shot ranks among a vocabulary: the suite's nouns, so every system gets the same classes
         # (the scorers' own default, the contents of one call's records, would differ with failed samples).
@@ -132,6 +133,10 @@ def summarize(
         _score_images(
             suite, out, records, section, image_scorer or score_images_default, sample_acc, group_metrics
         )
+        if image_scorer is None:  # the real scorers: record which models, files and conventions scored
+            from ed_diffusion.scoring import describe_scoring
+
+            provenance = describe_scoring(image_scoring_config(section))
 
     systems: dict[str, Any] = {}
     for system in suite.systems:
@@ -163,6 +168,7 @@ def summarize(
         "n_recorded": len(records),
         "n_failed": sum(1 for r in records if not r.ok),
         "complete": len(records) >= sum(planned.values()),
+        "image_scoring": provenance,
         "systems": systems,
     }
 

@@ -256,3 +256,5 @@ def test_real_image_scorers_on_a_tiny_clip(
         assert 0.0 <= row["all"]["metrics"][key] <= 100.0
     assert set(row["emotions"]["anger"]["metrics"]) >= {"clip_distance", "target_prob"}
     assert not any(k.endswith("_index") for k in row["all"]["metrics"])
+    provenance = summary["image_scoring"]  # which scorers, models and conventions produced the numbers
+    assert provenance["emotion_classifier"] == "clip_zero_shot" and provenance["clip_model"] == str(clip)
