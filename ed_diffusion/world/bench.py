@@ -51,7 +51,7 @@ class BenchConfig:
     n_train: int = 4000
     n_test: int = 256
     shortcut: float = 0.9
-    vae_steps: int = 600
+    vae_steps: int = 500
     base_steps: int = 1000
     sft_steps: int = 200
     dpo_steps: int = 100
@@ -62,7 +62,7 @@ class BenchConfig:
     beta: float = 500.0
     clusters: int = 4
     samples_per_pair: int = 2
-    sample_steps: int = 20
+    sample_steps: int = 15
     guidance: float = 5.0
     workers: int = 3
 

@@ -394,9 +394,11 @@ def measure(image: np.ndarray, spec: WorldSpec | None = None) -> Measurement:
         bg = np.median(x[bg_region], axis=0)
     if fig_region.sum() >= 8:
         fig = np.median(x[fig_region], axis=0)
-    else:  # thin and blurred: undo the known partial coverage of the most covered pixels
+    elif float(model.max()) > 1e-3:  # thin and blurred: undo the known partial coverage of the most covered
         top = model >= 0.8 * float(model.max())
         fig = bg + np.median((x[top] - bg) / model[top][:, None], axis=0)
+    # else: the fitted silhouette covers no pixel (a generated image can be that far from every class); the
+    # segmentation's figure colour is the best reading left, and dividing by ~0 coverage would give inf/NaN.
     fig = np.clip(fig, 0.0, 1.0)
     colour = _colour_attributes(bg, fig)
     # Texture from the HSV value: max over channels commutes with the per-channel clipping of luminance noise,

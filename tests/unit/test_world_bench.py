@@ -157,3 +157,22 @@ def test_world_tokenizer_has_one_token_per_world_word_and_falls_back_to_bytes(tm
     again = CLIPTokenizer.from_pretrained(saved)
     text = "a drawing of a tree, feeling sadness"
     assert again(text).input_ids == tok(text).input_ids
+
+
+def test_oracle_reads_a_generated_image_whose_fitted_silhouette_covers_nothing() -> None:
+    # A world-bench sample (seed 2, image-pair DPO) on which the oracle used to divide by zero coverage.
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ed_diffusion.world import measure
+
+    path = Path(__file__).parent.parent / "fixtures" / "world_generated_no_cover.png"
+    image = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or NaN warnings any more
+        m = measure(image)
+    assert np.isfinite(m.attributes).all()
+    probs = emotion_scores(image, attributes=COLOUR_ATTRIBUTES)
+    assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-9
