@@ -164,7 +164,7 @@ def test_generate_no_agents_needs_no_llm(tiny_env: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--preset", "huge"], "preset='huge': Input should be 'tiny', 'sd15' or 'sdxl'"),
+        (["--preset", "huge"], "preset='huge': Input should be 'tiny', 'world', 'sd15' or 'sdxl'"),
         (["--preset", "sdxl"], "preset 'sdxl' needs a visual-prompt bank"),
         (["--vp-scale", "-1"], "vp_scale"),
         (["--negative-vp", "sideways"], "negative_vp"),
