@@ -402,10 +402,12 @@ def world_bench(
         )
     out.print((out_dir / "results.md").read_text(encoding="utf-8"))
     out.print(f"[green]written[/] {esc(str(out_dir))}/results.json, results.md, samples.png")
-    if install_preset:
+    if install_preset and not quick:  # a --quick model is a smoke test, never the `world` preset
+        from ed_diffusion.world.preset import world_preset_ready
+
         target = _settings(ctx).cache_dir / "world-preset"
-        if not (target / "preset.json").is_file():
-            install_world_preset(out_dir, target, seed=results["seeds"][0]["seed"])
+        if not world_preset_ready(target):
+            install_world_preset(out_dir, target, seed=results["seeds"][0]["seed"], replace=True)
             out.print(f"installed the `world` preset in {esc(str(target))}")
 
 

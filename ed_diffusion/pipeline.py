@@ -98,17 +98,22 @@ def resolve_preset(
     if name == "world":
         from ed_diffusion.world.preset import ensure_world_preset
 
-        world = ensure_world_preset(cache_dir / "world-preset", on_progress=on_progress)
+        # All three given: nothing of the installed preset is used, so never train it for them.
+        world = (
+            None
+            if model and bank and adapter
+            else ensure_world_preset(cache_dir / "world-preset", on_progress=on_progress)
+        )
         return PresetSpec(
             "world",
             "sd15",
-            model or str(world.pipeline),
-            bank or str(world.bank),
-            adapter or str(world.adapter),
-            steps=25,
-            guidance=3.0,
+            model or str(world.pipeline if world else ""),
+            bank or str(world.bank if world else ""),
+            adapter or str(world.adapter if world else ""),
+            steps=15,  # the sampling the world benchmark measured
+            guidance=5.0,
             size=32,
-            encoders=str(world.encoders),
+            encoders=str(world.encoders) if world else None,
         )
     if bank is None:
         raise ModelMissingError(

@@ -40,6 +40,10 @@ SYSTEM_LABELS = {
 }
 METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
 ProgressFn = Callable[[int, str], None]  # (steps advanced, description)
+# Bump when a change to the world code (training, sampling, oracle scoring) makes stored seed results
+# incomparable: a benchmark directory written by another version is not resumed.
+BENCH_VERSION = 1
+RUN_ONLY_FIELDS = ("workers",)  # may change between a run and its resume
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class BenchConfig:
 
     @classmethod
     def full(cls, **overrides: Any) -> BenchConfig:
-        """The reported benchmark (about 15-20 minutes on 2 cores)."""
+        """The reported benchmark (measured 20.4-20.5 minutes on 2 cores, see ``docs/world-bench.md``)."""
         return replace(cls(), **overrides)
 
     @classmethod
@@ -134,6 +138,8 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
         "format": "emodir-world-bench",
         "format_version": 1,
         "config": asdict(cfg),
+        "bench_version": BENCH_VERSION,
+        "provenance": _provenance(),
         "systems": {s: SYSTEM_LABELS[s] for s in SYSTEMS},
         "summary": aggregate(seeds),
         "reference": reference,
@@ -154,18 +160,25 @@ def prepare_bench(
     return world, _ensure_vae(out / "vae", world, cfg, progress)
 
 
+def schedule_of(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides a benchmark's results: its config without run-only fields, plus the code version."""
+    kept = {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS}
+    return kept | {"bench_version": config.get("bench_version", BENCH_VERSION)}
+
+
 def _check_config(out: Path, cfg: BenchConfig) -> None:
     path = out / "config.json"
-    want = json.dumps(asdict(cfg), sort_keys=True)
+    want = asdict(cfg) | {"bench_version": BENCH_VERSION}
     if path.is_file():
-        have = json.dumps(json.loads(path.read_text()), sort_keys=True)
-        if have != want:
+        have = json.loads(path.read_text())
+        have.setdefault("bench_version", 1)
+        if json.dumps(schedule_of(have), sort_keys=True) != json.dumps(schedule_of(want), sort_keys=True):
             raise InvalidInputError(
-                f"{out} holds a benchmark with another configuration ({path}); allowed: the same options "
-                "to resume it, or a new --out directory"
+                f"{out} holds a benchmark with another configuration or code version ({path}); allowed: the "
+                "same options to resume it, or a new --out directory"
             )
         return
-    _write_json(path, asdict(cfg))
+    _write_json(path, want)
 
 
 def _ensure_world(root: Path, cfg: BenchConfig) -> WorldPaths:
@@ -236,7 +249,8 @@ def _run_seeds(
 def _init_worker(workers: int) -> None:
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // workers))
 
 
 def _drain(queue: Any, progress: ProgressFn | None, timeout: float) -> None:
@@ -367,6 +381,40 @@ def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, An
     }
     _write_json(path, ref)
     return ref
+
+
+def _provenance() -> dict[str, Any]:
+    """Code and library versions behind the numbers (the manifest of a benchmark run)."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    try:
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or None
+        )
+    except OSError:
+        sha = None
+    return {
+        "git_sha": sha,
+        "python": platform.python_version(),
+        "packages": {n: ver(n) for n in ("emotion-director", "torch", "diffusers", "transformers", "numpy")},
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def _write_json(path: Path, data: Any) -> None:

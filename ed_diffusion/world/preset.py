@@ -1,9 +1,10 @@
 """The ``world`` preset: the world-trained model, its bank and its full adapter, for ``emodir generate``.
 
-It is seed 0 of a world benchmark: the base pipeline (VAE, text encoder, UNet), the style bank and the
-adapter trained with SFT -> image-pair DPO + negative visual prompt. ``emodir world bench`` installs it when
-the cache has none; otherwise the first ``resolve_preset("world")`` trains it (one seed, no other systems'
-evaluation: minutes on a CPU, once).
+It is seed 0 of a world benchmark with the full schedule: the base pipeline (VAE, text encoder, UNet), the
+style bank and the adapter trained with SFT -> image-pair DPO + negative visual prompt. ``emodir world bench``
+(full, not ``--quick``) installs it when the cache has none; otherwise the first ``resolve_preset("world")``
+trains it: one seed of the benchmark, all four systems and their scoring included (about 15 minutes on one
+CPU core, once; a file lock makes concurrent callers wait for one build).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ed_common.errors import InvalidInputError
 from ed_diffusion.world.systems import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR
 
 PRESET_JSON = "preset.json"
@@ -41,8 +43,21 @@ def _files(root: Path) -> WorldPresetFiles:
 
 
 def world_preset_ready(root: Path) -> bool:
-    """Whether a complete preset is installed at ``root``."""
-    return (root / PRESET_JSON).is_file()
+    """Whether a complete preset made by this version of the world code is installed at ``root``.
+
+    (``emodir world bench --quick`` never installs its smoke model; a preset from an older ``BENCH_VERSION``
+    is retrained.)
+    """
+    from ed_diffusion.world.bench import BENCH_VERSION
+
+    path = root / PRESET_JSON
+    if not path.is_file():
+        return False
+    try:
+        version = json.loads(path.read_text(encoding="utf-8"))["config"].get("bench_version", 1)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(version == BENCH_VERSION)
 
 
 def install_world_preset(
@@ -101,18 +116,30 @@ def ensure_world_preset(
         config: a ``BenchConfig`` for the one-off training (default: the full benchmark's schedule, one seed).
         on_progress: messages for a spinner.
     """
+    import fcntl
+
     root = Path(root)
     if world_preset_ready(root):
         return _files(root)
     from ed_diffusion.world.bench import BenchConfig, prepare_bench, run_seed
 
     cfg = config or BenchConfig.full(seeds=(0,), workers=1)
+    root.parent.mkdir(parents=True, exist_ok=True)
     build = root.parent / f"{root.name}-build"
-    if on_progress is not None:
-        on_progress(f"training the world preset once into {root} (a few minutes on a CPU)")
-    world, vae_dir = prepare_bench(build, cfg)
-    if not (build / f"seed{cfg.seeds[0]}" / "result.json").is_file():
-        run_seed(cfg.seeds[0], cfg, world.root, vae_dir, build, lambda n, what: None)
-    files = install_world_preset(build, root, seed=cfg.seeds[0])
-    shutil.rmtree(build, ignore_errors=True)
-    return files
+    # Several processes (eval shards, a chat and a generate) may ask at once: one builds, the others wait.
+    with open(root.parent / f".{root.name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if world_preset_ready(root):  # another process built it while this one waited
+            return _files(root)
+        if on_progress is not None:
+            on_progress(f"training the world preset once into {root} (~15 minutes on a CPU)")
+        try:
+            world, vae_dir = prepare_bench(build, cfg)
+        except InvalidInputError:  # a build left by another schedule or version: start it again
+            shutil.rmtree(build, ignore_errors=True)
+            world, vae_dir = prepare_bench(build, cfg)
+        if not (build / f"seed{cfg.seeds[0]}" / "result.json").is_file():
+            run_seed(cfg.seeds[0], cfg, world.root, vae_dir, build, lambda n, what: None)
+        files = install_world_preset(build, root, seed=cfg.seeds[0], replace=True)
+        shutil.rmtree(build, ignore_errors=True)
+        return files

@@ -426,8 +426,8 @@ def vp_preference(
     On ``n`` fixed rows (fixed noise, timesteps and negative emotions from ``seed``), returns the mean
     ``err(other VP) - err(own VP)`` (``vp_gap``, > 0 = the visual prompt is used for the emotion) and the
     fraction of rows where the own VP wins (``vp_win_rate``; 0.5 = ignored). The same numbers for every
-    system, so SFT, DPO and DPO + negative VP are compared on one yardstick; on the test split the pairs
-    are unusual, i.e. held out.
+    system, so SFT, DPO and DPO + negative VP are compared on one yardstick; on the test split the images
+    are held out and the pairs unusual (rare in training, not absent).
     """
     assert data.latents is not None
     gen = _gen(seed, "eval", 0)

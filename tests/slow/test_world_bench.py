@@ -128,7 +128,7 @@ def test_negative_vp_dpo_raises_the_held_out_preference_for_the_right_visual_pro
         seed=0,  # type: ignore[arg-type]
     )
     after = vp_preference(unet, test, text, tokens, seed=1, n=128)  # type: ignore[arg-type]
-    # Held-out (unusual pairs of the test split), fixed noise: the own emotion's VP now denoises better.
+    # Held-out test images (of unusual pairs), fixed noise: the own emotion's VP now denoises better.
     # (Measured when written: gap 1.8e-4 -> 6.8e-4, win rate 0.48 -> 0.55 after 40 steps on a 30-step base.)
     assert after["vp_gap"] > 2 * max(before["vp_gap"], 0.0) + 1e-4, (before, after)
     assert after["vp_win_rate"] > before["vp_win_rate"], (before, after)
@@ -211,3 +211,21 @@ def test_world_check_names_a_missing_file(tmp_path: Path) -> None:
     from cli import main
 
     assert main(["world", "check", str(tmp_path / "nope.png")]) == 1
+
+
+def test_cli_quick_bench_never_installs_the_world_preset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from ed_diffusion.world import bench
+
+    tiny = bench.BenchConfig.quick(seeds=(0,), workers=1, **TINY)  # type: ignore[arg-type]
+    monkeypatch.setattr(bench.BenchConfig, "quick", classmethod(lambda cls, **kw: tiny))
+    monkeypatch.setenv("EMODIR_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["world", "bench", "--quick", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "| text-only baseline |" in result.output
+    assert (tmp_path / "b" / "results.json").is_file()
+    assert not (tmp_path / "cache" / "world-preset").exists()  # a smoke model is never the `world` preset

@@ -176,3 +176,32 @@ def test_oracle_reads_a_generated_image_whose_fitted_silhouette_covers_nothing()
     assert np.isfinite(m.attributes).all()
     probs = emotion_scores(image, attributes=COLOUR_ATTRIBUTES)
     assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-9
+
+
+def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    from ed_diffusion.world.bench import BENCH_VERSION
+    from ed_diffusion.world.preset import PRESET_JSON, world_preset_ready
+
+    root = Path(str(tmp_path)) / "world-preset"
+    assert not world_preset_ready(root)
+    root.mkdir()
+    (root / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION + 1}}))
+    assert not world_preset_ready(root)  # another code version: retrained, not reused
+    (root / PRESET_JSON).write_text("{not json")
+    assert not world_preset_ready(root)
+    (root / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION}}))
+    assert world_preset_ready(root)
+
+
+def test_resume_key_ignores_workers_but_not_the_schedule_or_code_version() -> None:
+    from dataclasses import asdict
+
+    from ed_diffusion.world.bench import BENCH_VERSION, schedule_of
+
+    base = asdict(BenchConfig.full()) | {"bench_version": BENCH_VERSION}
+    assert schedule_of(base | {"workers": 1}) == schedule_of(base)
+    assert schedule_of(base | {"base_steps": 10}) != schedule_of(base)
+    assert schedule_of(base | {"bench_version": BENCH_VERSION + 1}) != schedule_of(base)
