@@ -9,7 +9,6 @@ PIL images.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ import torch
 
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import EmodirError, InvalidInputError
+from ed_common.hashing import file_sha256
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.images import contact_sheet, save_png_atomic
 
@@ -185,15 +185,6 @@ class RenderResult:
     model: dict[str, Any]
     settings: dict[str, Any]
     timings: dict[str, float]
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, for manifests."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pick_device(device: str | None) -> str:

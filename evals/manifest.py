@@ -9,8 +9,9 @@ from typing import Any
 
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import Settings
+from ed_common.hashing import file_sha256
 from evals.shards import Shard
-from evals.suite import Suite, file_sha256
+from evals.suite import Suite
 
 # The graph's own manifest helpers: one notion of "code version" for generate runs and eval runs.
 from graphs.tool_node import _git_sha, _version

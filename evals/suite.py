@@ -214,11 +214,6 @@ class Suite(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_suite(path: Path) -> Suite:
     """Read and validate a suite file (``yaml.safe_load`` only).
 

@@ -6,7 +6,6 @@ CLIP distance), with one image forward per batch (``CachedImageEmbeds``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from ed_common.errors import InvalidInputError
+from ed_common.hashing import file_sha256
 from ed_diffusion.scoring.classifiers import (
     EMOTION_TEMPLATES,
     ClipLinearProbe,
@@ -158,16 +158,3 @@ def describe_scoring(config: ImageScoringConfig) -> dict[str, Any]:
         out["lpips_weights"] = config.lpips_weights
         out["lpips_sha256"] = file_sha256(config.lpips_weights)
     return out
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a weights file, for provenance.
-
-    Same as ``ed_diffusion.pipeline.file_sha256``; not imported from there because that module brings the
-    renderer's whole import graph (bank, presets, training) into every scoring import and type check.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

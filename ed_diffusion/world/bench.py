@@ -249,8 +249,7 @@ def _run_seeds(
 def _init_worker(workers: int) -> None:
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // workers))
+    torch.set_num_threads(max(1, _cores() // workers))
 
 
 def _drain(queue: Any, progress: ProgressFn | None, timeout: float) -> None:
@@ -412,9 +411,14 @@ def _provenance() -> dict[str, Any]:
         "git_sha": sha,
         "python": platform.python_version(),
         "packages": {n: ver(n) for n in ("emotion-director", "torch", "diffusers", "transformers", "numpy")},
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": _cores(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
+
+
+def _cores() -> int:
+    """Cores this process may use (affinity and cgroup cpusets, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _write_json(path: Path, data: Any) -> None:
