@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ed_agents.errors import ServerError
+from ed_common.atomic import write_json_atomic
 
 __all__ = [
     "EMBEDDED_MODEL_DIRNAME",
@@ -454,18 +454,7 @@ def _read_state(cfg: ServerConfig) -> dict[str, Any] | None:
 
 def _write_state(cfg: ServerConfig, state: dict[str, Any]) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".server-", suffix=".json", dir=cfg.state_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, _state_path(cfg))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(_state_path(cfg), state, mode=0o600)  # the server's pid and port: private
 
 
 def _remove_state(cfg: ServerConfig) -> None:

@@ -61,16 +61,40 @@ def image_scoring_config(section: ImageScoringSection) -> Any:
     return ImageScoringConfig(**{k: v for k, v in values.items() if k in known})
 
 
-def score_images_default(items: list[ImageItem], section: ImageScoringSection) -> ImageScores:
-    """Call ``ed_diffusion.scoring.score_images`` (imported here: it needs torch)."""
-    from ed_diffusion.scoring import ImageRecord, score_images
+class DefaultImageScorer:
+    """``ed_diffusion.scoring`` (imported on first call: it needs torch), its models built once per summary.
 
-    config = image_scoring_config(section)
-    records = [
-        ImageRecord(image=i.image, emotion=i.emotion, prompt=i.prompt, content=i.content) for i in items
-    ]
-    per_image, set_level = score_images(records, config)
-    return list(per_image), dict(set_level)
+    ``summarize`` calls the scorer once per system; the CLIP model, probe and LPIPS weights are the same for
+    every system (same config, same content vocabulary), so they load once and are kept for the next call.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, tuple[str, ...]] | None = None
+        self._scorers: Any = None
+        self.builds = 0  # how many times the models were loaded (tests check the reuse)
+
+    def __call__(self, items: list[ImageItem], section: ImageScoringSection) -> ImageScores:
+        from ed_diffusion.scoring import ImageRecord, build_scorers, content_vocabulary, score_with
+
+        config = image_scoring_config(section)
+        records = [
+            ImageRecord(image=i.image, emotion=i.emotion, prompt=i.prompt, content=i.content) for i in items
+        ]
+        vocabulary = content_vocabulary(records, config)  # checks every record before any model loads
+        if not records:
+            return [], {}
+        if self._key != (config, vocabulary):
+            self._scorers = None  # let the previous models go before the next load
+            self._scorers = build_scorers(config, vocabulary)
+            self._key = (config, vocabulary)
+            self.builds += 1
+        per_image, set_level = score_with(records, self._scorers, batch_size=config.batch_size)
+        return list(per_image), dict(set_level)
+
+
+def score_images_default(items: list[ImageItem], section: ImageScoringSection) -> ImageScores:
+    """Score one set of images with fresh models (``DefaultImageScorer`` keeps them between calls)."""
+    return DefaultImageScorer()(items, section)
 
 
 class _Acc:
@@ -131,7 +155,7 @@ def summarize(
         ):
             section = section.model_copy(update={"content_vocabulary": suite.content_nouns})
         _score_images(
-            suite, out, records, section, image_scorer or score_images_default, sample_acc, group_metrics
+            suite, out, records, section, image_scorer or DefaultImageScorer(), sample_acc, group_metrics
         )
         if image_scorer is None:  # the real scorers: record which models, files and conventions scored
             from ed_diffusion.scoring import describe_scoring

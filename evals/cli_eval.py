@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ed_agents.errors import InvalidInputError
 from ed_agents.settings import Settings, load_settings
+from ed_common.atomic import write_text_atomic
 from evals.records import SampleRecord
 from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
 from evals.shards import (
@@ -28,7 +29,6 @@ from evals.shards import (
     detect_shard,
     rank_device,
     read_records,
-    write_text_atomic,
 )
 from evals.suite import Suite, load_suite
 
@@ -198,6 +198,12 @@ def eval_report(
     if len(set(labels)) != len(labels):  # same directory names in different places: number them
         labels = [f"{i}:{label}" for i, label in enumerate(labels, start=1)]
     wanted = [m.strip() for m in (metrics or "").split(",") if m.strip()]
+    known = {m for s in summaries for system in s["systems"].values() for m in system["all"]["metrics"]}
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise InvalidInputError(
+            f"--metrics {','.join(unknown)}: not in these runs; allowed: {', '.join(sorted(known))}"
+        )
     if len(summaries) == 1 and not wanted:
         tables = build_tables(summaries[0])
     else:

@@ -9,11 +9,12 @@ from typing import Any
 
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import Settings
+
+# The graph's own manifest helpers: one notion of "code version" for generate runs and eval runs.
+from ed_common.git_state import git_dirty
 from ed_common.hashing import file_sha256
 from evals.shards import Shard
 from evals.suite import Suite
-
-# The graph's own manifest helpers: one notion of "code version" for generate runs and eval runs.
 from graphs.tool_node import _git_sha, _version
 
 MANIFEST_VERSION = 1
@@ -23,6 +24,7 @@ _ATTEMPT_KEYS = (
     "created",
     "emodir_version",
     "git_sha",
+    "git_dirty",
     "processes",
     "settings",
     "llm",
@@ -51,6 +53,7 @@ def run_manifest(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "emodir_version": _version(),
         "git_sha": _git_sha(),
+        "git_dirty": git_dirty(),
         "suite_file": str(suite_path) if suite_path else None,
         "suite_sha256": file_sha256(suite_path) if suite_path else None,
         "suite": suite.model_dump(mode="json"),

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ed_common.atomic import write_json_atomic, write_text_atomic
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from evals.aggregate import ImageScorer, summarize
 from evals.records import SampleRecord
-from evals.shards import best_records, merge_lock, merge_samples, sample_files, write_text_atomic
+from evals.shards import best_records, merge_lock, merge_samples, sample_files
 from evals.suite import Suite, load_suite
-from graphs.tool_node import write_json_atomic
 
 # Shown in the overview and plotted, in this order, when present.
 KEY_METRICS: tuple[str, ...] = (

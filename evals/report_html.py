@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import Emotion
 from evals.records import SampleRecord
 from evals.report import TableData, build_tables, key_metrics
-from evals.shards import write_bytes_atomic
 
 CHART_SIZE = (640, 320)
 THUMB = 112  # thumbnail side in the image grid, pixels

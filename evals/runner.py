@@ -24,6 +24,7 @@ from typing import Any
 
 from ed_agents.context import Context
 from ed_agents.errors import InvalidInputError
+from ed_common.atomic import write_json_atomic, write_text_atomic
 from evals.manifest import resumed_manifest
 from evals.records import SampleRecord, SampleSpec
 from evals.shards import (
@@ -34,12 +35,10 @@ from evals.shards import (
     merge_lock,
     merge_samples,
     sample_files,
-    write_text_atomic,
 )
 from evals.suite import Suite
 from evals.systems import ContextFactory, run_sample
 from graphs.emotion_director import build_graph
-from graphs.tool_node import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ed_common.atomic import write_text_atomic
 from ed_common.errors import InvalidInputError
 from evals.records import SampleRecord
 
@@ -80,6 +80,8 @@ def rank_device(device: str | None, local_rank: str | None, cuda_available: bool
     """This process's device: one GPU per local rank (``cuda:<LOCAL_RANK>``) unless a device was set."""
     if device not in (None, "cuda") or local_rank is None or not cuda_available:
         return device
+    if not local_rank.strip().isdigit():
+        raise InvalidInputError(f"LOCAL_RANK={local_rank!r}; allowed: an integer >= 0")
     return f"cuda:{int(local_rank)}"
 
 
@@ -149,16 +151,31 @@ def best_records(files: Iterable[Path]) -> dict[str, SampleRecord]:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def repair_tail(path: Path) -> None:
-    """Cut a torn last line (no trailing newline) so the next append starts a fresh line."""
+def repair_tail(path: Path, *, block: int = 1 << 16) -> None:
+    """Cut a torn last line (no trailing newline) so the next append starts a fresh line.
+
+    Reads backwards from the end in ``block``-byte steps until the last newline: a long run's file is not
+    read whole to repair a few bytes.
+    """
     if not path.is_file():
         return
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
-    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - keep)
     with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        keep = size
+        while keep > 0:
+            start = max(0, keep - block)
+            fh.seek(start)
+            chunk = fh.read(keep - start)
+            if keep == size and chunk.endswith(b"\n"):
+                return  # the file ends with a whole line
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            keep = start
+        if keep == size:
+            return  # empty file
+        log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, size - keep)
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())
@@ -206,23 +223,6 @@ class SampleWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """``data`` to ``path`` through an fsynced temp file + rename (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; run outputs are meant to be read by others
-    os.replace(tmp, path)
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """UTF-8 ``text`` to ``path`` atomically (see ``write_bytes_atomic``)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def merge_samples(out: Path, order: list[str]) -> list[SampleRecord]:

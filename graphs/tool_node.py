@@ -6,11 +6,7 @@ lazily, so agent-only runs never import torch).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +16,9 @@ from langgraph.runtime import Runtime
 from ed_agents.context import Context, context_of
 from ed_agents.errors import EmodirError
 from ed_agents.settings import REPO_ROOT
+from ed_common.atomic import write_json_atomic
 from ed_common.emotions import parse_emotion
+from ed_common.git_state import git_dirty, git_sha
 from graphs.state import GraphState, RenderOptions
 
 MANIFEST_VERSION = 1
@@ -61,17 +59,6 @@ def claim_run_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
         raise OutputExistsError(f"output path {path} already exists; choose a new --out") from None
-    return path
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """JSON to ``path`` through a temp file + rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a manifest is meant to be read by others
-    os.replace(tmp, path)
     return path
 
 
@@ -145,6 +132,7 @@ def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> di
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "emodir_version": _version(),
         "git_sha": _git_sha(),
+        "git_dirty": git_dirty(REPO_ROOT),
         "inputs": {
             "user_prompt": state["user_prompt"],
             "emotion": parse_emotion(state["target_emotion"]).value,
@@ -182,15 +170,4 @@ def _version() -> str:
 
 
 def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    return git_sha(REPO_ROOT)

@@ -9,7 +9,7 @@ weights), ``content`` (content accuracy, CLIP score), ``lpips`` (LPIPS over a pl
 
 from __future__ import annotations
 
-from ed_diffusion.scoring.build import Scorers, build_scorers, describe_scoring
+from ed_diffusion.scoring.build import Scorers, build_scorers, content_vocabulary, describe_scoring
 from ed_diffusion.scoring.classifiers import (
     ALPHABETICAL_TO_EMOSET,
     EMOTION_TEMPLATES,
@@ -58,6 +58,7 @@ __all__ = [
     "build_tiny_clip",
     "clip_score",
     "content_top_k",
+    "content_vocabulary",
     "describe_scoring",
     "load_lpips_alex",
     "load_probe_weights",

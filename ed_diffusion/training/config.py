@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import tomllib
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from ed_common.atomic import write_text_atomic
 from ed_common.errors import InvalidInputError
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -395,17 +395,7 @@ def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
             continue
         lines.append(f"{name} = {_toml_value(value)}")
     text = "\n".join(lines) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_text_atomic(target, text)
 
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

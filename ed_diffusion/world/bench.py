@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ed_common.atomic import write_json_atomic
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
+from ed_common.git_state import git_dirty, git_sha
 from ed_diffusion.world.dataset import WorldPaths, make_world, typical_pairs, unusual_pairs
 from ed_diffusion.world.spec import WorldSpec
 
@@ -178,7 +180,7 @@ def _check_config(out: Path, cfg: BenchConfig) -> None:
                 "same options to resume it, or a new --out directory"
             )
         return
-    _write_json(path, want)
+    write_json_atomic(path, want)
 
 
 def _ensure_world(root: Path, cfg: BenchConfig) -> WorldPaths:
@@ -288,7 +290,7 @@ def run_seed(
     seed_dir = out / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     result = train_systems(seed, cfg, WorldPaths.at(world_root), vae_dir, seed_dir, relay)
-    _write_json(seed_dir / "result.json", result)
+    write_json_atomic(seed_dir / "result.json", result)
     return result
 
 
@@ -378,14 +380,13 @@ def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, An
         "real_test_images": score_images(test.pixels, pairs)["unusual"],
         "autoencoder_reconstructions": score_images(recon, pairs)["unusual"],
     }
-    _write_json(path, ref)
+    write_json_atomic(path, ref)
     return ref
 
 
 def _provenance() -> dict[str, Any]:
     """Code and library versions behind the numbers (the manifest of a benchmark run)."""
     import platform
-    import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name: str) -> str | None:
@@ -394,21 +395,9 @@ def _provenance() -> dict[str, Any]:
         except PackageNotFoundError:
             return None
 
-    try:
-        sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            or None
-        )
-    except OSError:
-        sha = None
     return {
-        "git_sha": sha,
+        "git_sha": git_sha(),
+        "git_dirty": git_dirty(),  # True: the numbers come from uncommitted code
         "python": platform.python_version(),
         "packages": {n: ver(n) for n in ("emotion-director", "torch", "diffusers", "transformers", "numpy")},
         "cpu_count": _cores(),
@@ -419,9 +408,3 @@ def _provenance() -> dict[str, Any]:
 def _cores() -> int:
     """Cores this process may use (affinity and cgroup cpusets, not the machine's total)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ed_common.atomic import write_json_atomic, write_text_atomic
 from ed_diffusion.images import save_png_atomic
 
 COLUMNS = (
@@ -25,12 +25,8 @@ CELL = 64  # pixels per sample in the grid (32 px images upscaled 2x, nearest)
 
 def write_reports(out: Path, results: dict[str, Any]) -> None:
     """Write the three files atomically."""
-    tmp = out / f".results.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "results.json")
-    md = out / f".results.md.tmp-{os.getpid()}"
-    md.write_text(markdown_table(results), encoding="utf-8")
-    os.replace(md, out / "results.md")
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", markdown_table(results))
     first = results["seeds"][0]["seed"]
     # save_png_atomic never overwrites; a resumed benchmark replaces its grid, so write aside, then rename.
     grid = save_png_atomic(

@@ -66,6 +66,11 @@ def test_eval_run_then_resume_then_report(
     assert compared.exit_code == 0, compared.output
     text = table.read_text()
     assert "| system | metric | 1:run | 2:run | Δ 2:run |" in text and "| full_graph_vp | tokens |" in text
+    picked = runner.invoke(app, ["eval", "report", str(out), str(other), "--metrics", "tokens"])
+    assert picked.exit_code == 0 and "tokens" in picked.output and "latency" not in picked.output
+    assert (
+        main(["eval", "report", str(out), "--metrics", "tokens,tokenz"]) == 1
+    )  # a typo is not an empty table
 
 
 def test_eval_run_refuses_a_used_out_dir_in_one_line(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
-from evals.aggregate import ImageItem, score_images_default, summarize
+from evals.aggregate import DefaultImageScorer, ImageItem, score_images_default, summarize
 from evals.records import SampleRecord
 from evals.report import compare_tables, finalize_run, load_run, markdown_report
 from evals.report_html import CHART_SIZE, bar_chart
@@ -133,15 +133,26 @@ def test_default_image_scorer_speaks_the_scoring_api(monkeypatch: pytest.MonkeyP
 
     seen: dict[str, Any] = {}
 
-    def score_images(
-        records: Sequence[ImageRecord], config: ImageScoringConfig
+    def content_vocabulary(records: Sequence[ImageRecord], config: ImageScoringConfig) -> tuple[str, ...]:
+        return config.content_vocabulary
+
+    def build_scorers(config: ImageScoringConfig, vocabulary: tuple[str, ...]) -> object:
+        seen.update(config=config, vocabulary=vocabulary)
+        return object()
+
+    def score_with(
+        records: Sequence[ImageRecord], scorers: object, *, batch_size: int
     ) -> tuple[list[dict[str, float]], dict[str, float]]:
-        seen.update(records=list(records), config=config)
+        seen.update(records=list(records), scorers=scorers)
         return [{"clip_score": 0.3}] * len(records), {}
 
     module = types.ModuleType("ed_diffusion.scoring")
     module.__dict__.update(
-        ImageRecord=ImageRecord, ImageScoringConfig=ImageScoringConfig, score_images=score_images
+        ImageRecord=ImageRecord,
+        ImageScoringConfig=ImageScoringConfig,
+        build_scorers=build_scorers,
+        content_vocabulary=content_vocabulary,
+        score_with=score_with,
     )
     monkeypatch.setitem(sys.modules, "ed_diffusion.scoring", module)
     section = ImageScoringSection(
@@ -154,6 +165,14 @@ def test_default_image_scorer_speaks_the_scoring_api(monkeypatch: pytest.MonkeyP
     assert seen["config"] == ImageScoringConfig(
         content_scorer="clip_zero_shot", content_vocabulary=("cat", "dog"), clip_score=True
     )
+    # One summary scores system after system: the models load once, and again only for another config.
+    reusing = DefaultImageScorer()
+    reusing(items, section)
+    first = seen["scorers"]
+    reusing(items, section)
+    assert reusing.builds == 1 and seen["scorers"] is first
+    reusing(items, section.model_copy(update={"content_vocabulary": ("cat", "dog", "eel")}))
+    assert reusing.builds == 2 and seen["vocabulary"] == ("cat", "dog", "eel")
     # A field this version of the scorers lacks is fine at its default, an error when set.
     with pytest.raises(InvalidInputError, match=r"image_scoring\.world_reading is not supported"):
         score_images_default(items, section.model_copy(update={"world_reading": "full"}))

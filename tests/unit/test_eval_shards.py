@@ -19,6 +19,7 @@ from evals.shards import (
     merge_samples,
     rank_device,
     read_records,
+    repair_tail,
 )
 
 
@@ -57,6 +58,8 @@ def test_each_local_rank_gets_its_own_gpu_unless_a_device_was_set() -> None:
     assert rank_device("cuda:3", "1", cuda_available=True) == "cuda:3"  # explicit wins
     assert rank_device(None, "1", cuda_available=False) is None  # CPU processes
     assert rank_device(None, None, cuda_available=True) is None
+    with pytest.raises(InvalidInputError, match="LOCAL_RANK='x1'; allowed: an integer >= 0"):
+        rank_device(None, "x1", cuda_available=True)
 
 
 def test_shards_partition_the_plan_positions() -> None:
@@ -135,3 +138,20 @@ def test_no_merge_while_a_sample_file_is_being_appended_to(tmp_path: Path) -> No
         assert acquired
     with SampleWriter(tmp_path / "samples.rank0.jsonl"), SampleWriter(tmp_path / "samples.rank1.jsonl"):
         pass  # writers share the lock with each other
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        (b'{"a": 1}\n{"b": 22}\n{"c', b'{"a": 1}\n{"b": 22}\n'),  # torn last line cut
+        (b'{"a": 1}\n' + b"x" * 11, b'{"a": 1}\n'),  # torn line longer than the read block
+        (b"no newline at all", b""),
+        (b'{"a": 1}\n{"b": 2}\n', b'{"a": 1}\n{"b": 2}\n'),  # whole lines: untouched
+        (b"", b""),
+    ],
+)
+def test_repair_tail_cuts_only_a_torn_last_line(tmp_path: Path, content: bytes, kept: bytes) -> None:
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(content)
+    repair_tail(path, block=4)  # small blocks: the backward scan crosses several of them
+    assert path.read_bytes() == kept
