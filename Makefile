@@ -63,7 +63,7 @@ bench-eval: setup  ## eval agent-phase throughput at concurrency 1, 2, 4 against
 	$(EMODIR) llm serve --detach
 	status=0; $(VENV)/bin/python evals/perf/bench_eval.py || status=$$?; $(EMODIR) llm stop; exit $$status
 
-world-bench: setup-app  ## the paper's ablation on the synthetic world (~20.5 min on 2 cores), results in runs/world-bench
+world-bench: setup-app  ## the paper's ablation on the synthetic world (~17 min on 2 cores), results in runs/world-bench
 	$(EMODIR) world bench --out runs/world-bench
 
 serve: setup

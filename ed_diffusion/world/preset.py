@@ -81,7 +81,7 @@ def install_world_preset(
         shutil.copytree(src / PIPELINE_DIR, tmp / PIPELINE_DIR)
         shutil.copy2(src / BANK_FILE, tmp / BANK_FILE)
         shutil.copy2(adapter, tmp / "adapter.safetensors")
-        shutil.copytree(_encoders_of(Path(bench_dir)), tmp / ENCODERS_DIR)
+        shutil.copytree(_encoders_of(Path(bench_dir), src / BANK_FILE), tmp / ENCODERS_DIR)
         config = json.loads((Path(bench_dir) / "config.json").read_text())
         meta = {
             "source": str(Path(bench_dir).resolve()),
@@ -98,12 +98,17 @@ def install_world_preset(
     return _files(root)
 
 
-def _encoders_of(bench_dir: Path) -> Path:
-    enc = bench_dir / ENCODERS_DIR
-    dirs = sorted(p for p in enc.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise FileNotFoundError(f"no retrieval encoders in {enc}")
-    return dirs[0]
+def _encoders_of(bench_dir: Path, bank_file: Path) -> Path:
+    """The retrieval encoders the bank was built with (named in its metadata; the bench may have moved)."""
+    from ed_diffusion.bank import VisualPromptBank
+
+    text_dir = Path(VisualPromptBank.load(bank_file).metadata.text_encoder)  # <encoders>/<name>/text
+    found = bench_dir / ENCODERS_DIR / text_dir.parent.name
+    if not (found / text_dir.name).is_dir():
+        raise FileNotFoundError(
+            f"the retrieval encoders of {bank_file} ({text_dir.parent.name}) are not in {found.parent}"
+        )
+    return found
 
 
 def ensure_world_preset(

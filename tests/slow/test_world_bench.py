@@ -161,6 +161,62 @@ def test_sft_lowers_the_held_out_denoising_error(small_world: tuple[object, ...]
     assert held_out_mse() < before
 
 
+@pytest.mark.parametrize("stage", ["dpo", "dpo_neg_vp"])
+def test_dpo_stages_send_their_branches_in_one_forward_and_the_reference_without_adapters(
+    small_world: tuple[object, ...], stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins the batch layout a learning test would not catch: [winner | loser (| winner under another VP)]."""
+    from ed_diffusion.models.adapter import emotion_attn_processors
+
+    train, _, unet, text, _ = small_world
+    tokens = _tokens(train)
+    _with_adapter(unet, tokens.shape[-1])
+    calls: list[dict[str, object]] = []
+    real = unet.forward  # type: ignore[attr-defined]
+
+    def scales() -> set[float]:  # the emotion attention's scale (a list per processor: one per VP input)
+        return {float(v) for p in emotion_attn_processors(unet).values() for v in p.scale}  # type: ignore[arg-type]
+
+    def spy(sample: torch.Tensor, timestep: torch.Tensor, **kw: object) -> object:
+        calls.append(
+            {
+                "x": sample.detach().clone(),
+                "t": timestep.clone(),
+                "states": kw["encoder_hidden_states"].detach().clone(),  # type: ignore[attr-defined]
+                "vp": kw["added_cond_kwargs"]["image_embeds"][0].detach().clone(),  # type: ignore[index]
+                "grad": torch.is_grad_enabled(),
+                "scales": scales(),
+            }
+        )
+        return real(sample, timestep, **kw)
+
+    monkeypatch.setattr(unet, "forward", spy)
+    b = 6
+    train_adapter(stage, unet, train, text, tokens, AdapterHyper(steps=1, batch=b, lr=0.0), seed=0)  # type: ignore[arg-type]
+    monkeypatch.undo()  # the shared model gets its own forward back
+
+    assert len(calls) == 2  # one trained forward (all branches concatenated), one reference forward
+    trained, ref = calls
+    n = 3 if stage == "dpo_neg_vp" else 2
+    assert trained["grad"] and 0.0 not in trained["scales"]  # type: ignore[operator]
+    x, t, states, vp = (trained[k].chunk(n) for k in ("x", "t", "states", "vp"))  # type: ignore[attr-defined]
+    assert x[0].shape[0] == b
+    assert not torch.equal(x[0], x[1])  # winner and loser are different images ...
+    assert all(torch.equal(t[0], ti) for ti in t) and all(torch.equal(states[0], s) for s in states)
+    assert torch.equal(vp[0], vp[1])  # ... under the same caption, timestep and visual prompt
+    bank = tokens[:, None]  # [E, 1, k, d_v]
+    own = [int((bank == v).flatten(1).all(1).nonzero()) for v in vp[0]]  # each row is one emotion's VP
+    if n == 3:
+        assert torch.equal(x[2], x[0])  # the winner again ...
+        other = [int((bank == v).flatten(1).all(1).nonzero()) for v in vp[2]]
+        assert all(o != w for o, w in zip(other, own, strict=True))  # ... under another emotion's VP
+    # The reference: the winner and loser branches only, adapters off (scale 0), no grad.
+    assert not ref["grad"] and ref["scales"] == {0.0}
+    assert torch.equal(ref["x"], torch.cat([x[0], x[1]]))  # type: ignore[arg-type]
+    assert torch.equal(ref["vp"], torch.cat([vp[0], vp[1]]))  # type: ignore[arg-type]
+    assert scales() == trained["scales"]  # restored after the reference
+
+
 def test_world_preset_trains_once_renders_through_generate_and_the_oracle_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

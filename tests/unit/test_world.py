@@ -297,3 +297,35 @@ def test_style_table_is_complete() -> None:
         style = WorldSpec().style(emotion)
         assert isinstance(style, EmotionStyle)
         assert all(getattr(style, n).std > 0 for n in ATTRIBUTE_NAMES)
+
+
+def test_world_preset_copies_the_retrieval_encoders_its_bank_names(tmp_path: Path) -> None:
+    import torch
+
+    from ed_diffusion.bank import BankMetadata, VisualPromptBank
+    from ed_diffusion.world.preset import _encoders_of
+
+    enc = tmp_path / "bench" / "encoders"
+    for name in ("a-other", "b-used"):
+        (enc / name / "text").mkdir(parents=True)
+    e, clusters = len(EMOTION_NAMES), 2
+    meta = BankMetadata(
+        emotions=tuple(EMOTION_NAMES),
+        clusters=clusters,
+        d_t=3,
+        d_v=5,
+        text_encoder="/somewhere/it/was/built/b-used/text",  # the bench dir may have moved since
+        image_encoder="style",
+        image_kind="clip",
+        dataset_fingerprint="w",
+        num_samples=16,
+        seed=0,
+        max_iter=1,
+    )
+    bank_file = tmp_path / "bank.safetensors"
+    counts = torch.ones(e, clusters, dtype=torch.int64)
+    VisualPromptBank(torch.zeros(e, clusters, 3), torch.zeros(e, clusters, 5), counts, meta).save(bank_file)
+    assert _encoders_of(tmp_path / "bench", bank_file) == enc / "b-used"  # not the first directory
+    (enc / "b-used" / "text").rmdir()
+    with pytest.raises(FileNotFoundError, match="b-used"):
+        _encoders_of(tmp_path / "bench", bank_file)
