@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int = 0o
     return write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, mode: int = 0o644) -> Path:
-    """``data`` as indented JSON (non-JSON values via ``str``) plus a newline, atomically."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+def write_json_atomic(
+    path: str | os.PathLike[str],
+    data: Any,
+    *,
+    mode: int = 0o644,
+    default: Callable[[Any], Any] | None = str,
+) -> Path:
+    """``data`` as indented JSON plus a newline, atomically.
+
+    ``default`` turns values JSON lacks into JSON (``str``: paths and dates in manifests); pass None where a
+    non-JSON value is a bug to raise on (numeric results: a numpy scalar must not become a string).
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n"
     return write_text_atomic(path, text, mode=mode)

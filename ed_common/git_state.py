@@ -13,9 +13,25 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Set by git hooks and by callers inside another repository's operation: they would make every command below
+# describe that repository instead of the one at ``cwd``.
+_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY")
+
+
 def _git(*args: str, cwd: str | os.PathLike[str]) -> str | None:
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            # --no-optional-locks: `git status` would otherwise refresh the index under index.lock and race
+            # with the user's own git commands (every generate run and eval start calls this).
+            ["git", "--no-optional-locks", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

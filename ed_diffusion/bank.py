@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.errors import InvalidInputError
 from ed_diffusion.data import EmotionSample, dataset_fingerprint, group_by_emotion
@@ -308,7 +308,7 @@ class VisualPromptBank:
         Returns:
             The written path.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         target = Path(path).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -317,15 +317,8 @@ class VisualPromptBank:
             "visual_centres": self.visual_centres,
             "counts": self.counts,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=self.metadata.to_header())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return target
+        # A bank is small (E x L centres): serialise in memory, then one atomic write.
+        return write_bytes_atomic(target, save(tensors, metadata=self.metadata.to_header()))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VisualPromptBank:

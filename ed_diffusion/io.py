@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +33,9 @@ from typing import Any
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ed_common.atomic import write_bytes_atomic
 from ed_diffusion.errors import AdapterError
 from ed_diffusion.models.adapter import (
     cross_attention_dim_of,
@@ -151,15 +151,9 @@ def save_adapter(
         tensors[_attn_key(name, "to_v_ip")] = to_v_ip.weight.detach().to("cpu", copy=True)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    # The adapter is small next to the UNet (projector + visual K/V, tens of MB for SDXL): serialise in
+    # memory, then one atomic write.
+    return write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def _one_line(exc: BaseException) -> str:

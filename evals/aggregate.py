@@ -84,7 +84,10 @@ class DefaultImageScorer:
         if not records:
             return [], {}
         if self._key != (config, vocabulary):
-            self._scorers = None  # let the previous models go before the next load
+            self._key, self._scorers = (
+                None,
+                None,
+            )  # let the previous models go (and forget them if this fails)
             self._scorers = build_scorers(config, vocabulary)
             self._key = (config, vocabulary)
             self.builds += 1

@@ -9,13 +9,11 @@ from typing import Any
 
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import Settings
-
-# The graph's own manifest helpers: one notion of "code version" for generate runs and eval runs.
 from ed_common.git_state import git_dirty
 from ed_common.hashing import file_sha256
 from evals.shards import Shard
 from evals.suite import Suite
-from graphs.tool_node import _git_sha, _version
+from graphs.tool_node import _git_sha, _version  # one notion of "code version" for generate and eval runs
 
 MANIFEST_VERSION = 1
 _SECRET_SETTINGS = ("llm_api_key",)

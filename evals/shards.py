@@ -80,7 +80,7 @@ def rank_device(device: str | None, local_rank: str | None, cuda_available: bool
     """This process's device: one GPU per local rank (``cuda:<LOCAL_RANK>``) unless a device was set."""
     if device not in (None, "cuda") or local_rank is None or not cuda_available:
         return device
-    if not local_rank.strip().isdigit():
+    if not local_rank.strip().isdecimal():
         raise InvalidInputError(f"LOCAL_RANK={local_rank!r}; allowed: an integer >= 0")
     return f"cuda:{int(local_rank)}"
 

@@ -3,7 +3,7 @@
 It is seed 0 of a world benchmark with the full schedule: the base pipeline (VAE, text encoder, UNet), the
 style bank and the adapter trained with SFT -> image-pair DPO + negative visual prompt. ``emodir world bench``
 (full, not ``--quick``) installs it when the cache has none; otherwise the first ``resolve_preset("world")``
-trains it: one seed of the benchmark, all four systems and their scoring included (about 15 minutes on one
+trains it: one seed of the benchmark, all four systems and their scoring included (10-15 minutes on one
 CPU core, once; a file lock makes concurrent callers wait for one build).
 """
 
@@ -137,7 +137,7 @@ def ensure_world_preset(
         if world_preset_ready(root):  # another process built it while this one waited
             return _files(root)
         if on_progress is not None:
-            on_progress(f"training the world preset once into {root} (~15 minutes on a CPU)")
+            on_progress(f"training the world preset once into {root} (10-15 minutes on a CPU)")
         try:
             world, vae_dir = prepare_bench(build, cfg)
         except InvalidInputError:  # a build left by another schedule or version: start it again

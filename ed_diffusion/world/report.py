@@ -25,7 +25,7 @@ CELL = 64  # pixels per sample in the grid (32 px images upscaled 2x, nearest)
 
 def write_reports(out: Path, results: dict[str, Any]) -> None:
     """Write the three files atomically."""
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, default=None)
     write_text_atomic(out / "results.md", markdown_table(results))
     first = results["seeds"][0]["seed"]
     # save_png_atomic never overwrites; a resumed benchmark replaces its grid, so write aside, then rename.

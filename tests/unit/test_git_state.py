@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ed_common.git_state import git_dirty, git_sha
 
 
@@ -36,5 +38,9 @@ def test_sha_and_dirty_follow_the_work_tree(tmp_path: Path) -> None:
     assert git_dirty(repo) is True
 
 
-def test_outside_a_checkout_both_are_unknown(tmp_path: Path) -> None:
+def test_outside_a_checkout_both_are_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stop git's upward search at tmp_path (the temp dir could sit inside some checkout), and set what a git
+    # hook sets: the helpers must describe `cwd`, not the repository of the calling git command.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv("GIT_DIR", str(Path(__file__).resolve().parents[2] / ".git"))
     assert git_sha(tmp_path) is None and git_dirty(tmp_path) is None

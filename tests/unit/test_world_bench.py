@@ -190,6 +190,8 @@ def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: ob
     root.mkdir()
     (root / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION + 1}}))
     assert not world_preset_ready(root)  # another code version: retrained, not reused
+    (root / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION - 1}}))
+    assert not world_preset_ready(root)  # an older schedule (v1: the 1000-step base) too
     (root / PRESET_JSON).write_text("{not json")
     assert not world_preset_ready(root)
     (root / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION}}))
