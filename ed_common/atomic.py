@@ -1,8 +1,9 @@
 """Atomic file writes: readers never see half a file, and a crash keeps the previous version.
 
-One implementation for every output the project writes in place (manifests, summaries, reports, benchmark
-results, server state). The temp file sits next to the target (same filesystem, so the rename is atomic),
-is fsynced before the rename, and is removed if anything fails. No torch: both halves and the evals use it.
+One implementation for the files the project rewrites in place (manifests, summaries, reports, benchmark
+results, server state, banks, adapters; whole directories and images have their own rename, see
+``docs/design.md``). The temp file sits next to the target (same filesystem, so the rename is atomic), is
+fsynced before the rename, and is removed if anything fails. No torch: both halves and the evals use it.
 """
 
 from __future__ import annotations

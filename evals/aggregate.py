@@ -84,10 +84,8 @@ class DefaultImageScorer:
         if not records:
             return [], {}
         if self._key != (config, vocabulary):
-            self._key, self._scorers = (
-                None,
-                None,
-            )  # let the previous models go (and forget them if this fails)
+            # Let the previous models go first; forget the key too, in case this build fails.
+            self._key = self._scorers = None
             self._scorers = build_scorers(config, vocabulary)
             self._key = (config, vocabulary)
             self.builds += 1
