@@ -90,6 +90,16 @@ def _adamw_cosine(params: Sequence[Tensor], lr: float, steps: int) -> tuple[Any,
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _apply(loss: Tensor, opt: Any, sched: Any, clip: Sequence[Tensor] = ()) -> None:
+    """One optimiser and schedule step on ``loss`` (gradient norm clipped to 1 over ``clip`` if given)."""
+    loss.backward()  # type: ignore[no-untyped-call]
+    if clip:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 # ------------------------------------------------------------------------------------------------ VAE
 def train_vae(
     pixels: np.ndarray,
@@ -117,10 +127,7 @@ def train_vae(
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
         rec = vae.decode(z).sample
         loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * dist.kl().mean()
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(loss, opt, sched)
         if on_step is not None:
             on_step(1)
     vae.eval().requires_grad_(False)
@@ -224,11 +231,7 @@ def pretrain_base(
         noisy, t, noise = _noised(scheduler, x0, gen)
         pred = unet(noisy, t, encoder_hidden_states=states).sample
         loss = per_sample_mse(pred, noise).mean()
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(loss, opt, sched, clip=params)
         if on_step is not None:
             on_step(1)
     unet.eval().requires_grad_(False)
@@ -375,11 +378,7 @@ def train_adapter(
                 }
         if not torch.isfinite(loss):
             raise FloatingPointError(f"world {stage} loss became {float(loss)} at step {step + 1}")
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(loss, opt, sched, clip=params)
         history.append({"step": step + 1, "loss": float(loss.detach()), **metrics})
         if on_step is not None:
             on_step(1)
