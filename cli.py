@@ -419,7 +419,7 @@ def world_check(
     import numpy as np
     from PIL import Image
 
-    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_of, emotion_scores
+    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
 
     table = Table("image", "emotion", "p", "content")
     for path in images:
@@ -427,10 +427,11 @@ def world_check(
             raise InvalidInputError(f"{path} is not a file; allowed: PNG images of the world")
         with Image.open(path) as im:
             pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        probs = emotion_scores(pixels, attributes=COLOUR_ATTRIBUTES)
+        m = measure(pixels)  # once for both readings
+        probs = emotion_posterior(m, attributes=COLOUR_ATTRIBUTES)
         best = int(np.argmax(probs))
         table.add_row(
-            esc(str(path)), Emotion.from_index(best).value, f"{probs[best]:.2f}", content_of(pixels) or "-"
+            esc(str(path)), Emotion.from_index(best).value, f"{probs[best]:.2f}", content_from(m) or "-"
         )
     out.print(table)
 

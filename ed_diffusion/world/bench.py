@@ -307,17 +307,14 @@ def score_images(
     images: np.ndarray, pairs: list[tuple[str, Emotion, str, int]], spec: WorldSpec | None = None
 ) -> dict[str, dict[str, float]]:
     """Oracle metrics per split: emotion (colour reading), content, joint, shortcut rate, p(target)."""
-    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, emotion_log_likelihoods, measure
+    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
 
     world = spec or WorldSpec()
     per: dict[str, list[dict[str, float]]] = {}
     for img, (content, emotion, split, _) in zip(images, pairs, strict=True):
-        m = measure(img, world)
-        ll = emotion_log_likelihoods(m, world, COLOUR_ATTRIBUTES)
-        p = np.exp(ll - ll.max())
-        p /= p.sum()
-        best = int(np.argmax(m.content_iou))
-        drawn = world.contents[best] if m.content_iou[best] >= 0.5 else None
+        m = measure(img, world)  # once: both readings come from it
+        p = emotion_posterior(m, world, COLOUR_ATTRIBUTES)
+        drawn = content_from(m, world)
         e_ok, c_ok = int(np.argmax(p)) == emotion.label_index, drawn == content
         per.setdefault(split, []).append(
             {

@@ -428,8 +428,13 @@ def content_scores(image: np.ndarray, spec: WorldSpec | None = None) -> np.ndarr
 
 def content_of(image: np.ndarray, spec: WorldSpec | None = None) -> str | None:
     """The content class of an image, or ``None`` when no class reaches IoU ``MIN_CONTENT_IOU``."""
+    return content_from(measure(image, spec), spec)
+
+
+def content_from(measurement: Measurement, spec: WorldSpec | None = None) -> str | None:
+    """``content_of`` on a measurement already taken (callers that also read the emotion measure once)."""
     world = spec or _DEFAULT_SPEC
-    ious = content_scores(image, world)
+    ious = measurement.content_iou
     best = int(np.argmax(ious))
     return world.contents[best] if ious[best] >= MIN_CONTENT_IOU else None
 
@@ -477,7 +482,14 @@ def emotion_scores(
     image: np.ndarray, spec: WorldSpec | None = None, attributes: Sequence[str] | None = None
 ) -> np.ndarray:
     """Posterior probability of each emotion (uniform prior), float64 ``[8]`` in EmoSet order (sums to 1)."""
-    ll = emotion_log_likelihoods(measure(image, spec), spec, attributes)
+    return emotion_posterior(measure(image, spec), spec, attributes)
+
+
+def emotion_posterior(
+    measurement: Measurement, spec: WorldSpec | None = None, attributes: Sequence[str] | None = None
+) -> np.ndarray:
+    """``emotion_scores`` on a measurement already taken (callers that also read the content measure once)."""
+    ll = emotion_log_likelihoods(measurement, spec, attributes)
     p = np.exp(ll - ll.max())
     return np.asarray(p / p.sum())
 
