@@ -14,7 +14,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -202,7 +201,7 @@ def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: Pro
     if (target / "config.json").is_file():
         return target
     from ed_diffusion.world.data import load_split
-    from ed_diffusion.world.model import WorldModelConfig
+    from ed_diffusion.world.model import WorldModelConfig, save_pretrained_atomic
     from ed_diffusion.world.train import train_vae
 
     data = load_split(world, "train")
@@ -212,10 +211,7 @@ def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: Pro
             progress(n, "autoencoder")
 
     vae = train_vae(data.pixels, WorldModelConfig(), steps=cfg.vae_steps, seed=cfg.world_seed, on_step=step)
-    tmp = Path(tempfile.mkdtemp(prefix=".vae-", dir=target.parent))
-    vae.save_pretrained(tmp, safe_serialization=True)
-    os.replace(tmp, target)
-    return target
+    return save_pretrained_atomic(vae, target)
 
 
 def _run_seeds(

@@ -10,6 +10,9 @@ SD 1.5.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -145,15 +148,19 @@ def train_scheduler() -> Any:
     return DDPMScheduler(**SCHEDULE)
 
 
+def sample_scheduler() -> Any:
+    """The sampling schedule (``DDIMScheduler``): the benchmark's sampler and the saved pipeline share it."""
+    return DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
+
+
 def assemble_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> Any:
     """A stock ``StableDiffusionPipeline`` around the trained parts (DDIM sampling)."""
-    scheduler = DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=build_world_tokenizer(),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sample_scheduler(),
         safety_checker=None,  # type: ignore[arg-type]
         feature_extractor=None,  # type: ignore[arg-type]
         image_encoder=None,  # type: ignore[arg-type]
@@ -161,7 +168,18 @@ def assemble_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNe
     )
 
 
-def save_world_pipeline(pipe: Any, target: Path) -> Path:
-    """``save_pretrained`` (safetensors) into ``target``; the caller provides a fresh directory."""
-    pipe.save_pretrained(target, safe_serialization=True)
+def save_pretrained_atomic(model: Any, target: Path) -> Path:
+    """``model.save_pretrained`` (safetensors) into ``target``, replacing it.
+
+    Written to a temporary sibling and renamed, so a crash leaves the previous directory (or none), never half
+    of one; the temporary directory is removed on failure.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target

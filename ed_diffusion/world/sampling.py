@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ed_common.emotions import EMOTION_NAMES, Emotion
 from ed_diffusion.bank import BankMetadata, VisualPromptBank, kmeans
-from ed_diffusion.world.model import SCHEDULE
+from ed_diffusion.world.model import sample_scheduler
 from ed_diffusion.world.style import style_features
 from ed_diffusion.world.train import TextCache, WorldBatchData, decode_latents
 
@@ -41,8 +41,6 @@ def sample_images(
 
     Text-only sampling needs a UNet without an adapter or one whose emotion scale is 0.
     """
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
     if len(prompts) != len(seeds) or (tokens is not None and len(tokens) != len(prompts)):
         raise ValueError("prompts, seeds and tokens must have the same length")
     out = []
@@ -50,7 +48,7 @@ def sample_images(
         sl = slice(start, start + batch)
         p, s = list(prompts[sl]), list(seeds[sl])
         b = len(p)
-        sched = DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
+        sched = sample_scheduler()
         sched.set_timesteps(steps)
         shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
         lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(x)) for x in s])

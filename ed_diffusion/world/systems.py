@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,12 @@ def train_systems(
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
     from ed_diffusion.world.bench import SYSTEMS, eval_pairs, score_images
     from ed_diffusion.world.data import load_split
-    from ed_diffusion.world.model import WorldModelConfig, assemble_pipeline, build_world_tokenizer
+    from ed_diffusion.world.model import (
+        WorldModelConfig,
+        assemble_pipeline,
+        build_world_tokenizer,
+        save_pretrained_atomic,
+    )
     from ed_diffusion.world.sampling import build_world_bank, sample_images
     from ed_diffusion.world.train import (
         AdapterHyper,
@@ -90,7 +93,7 @@ def train_systems(
             lr=cfg.base_lr,
             on_step=stepper("base model"),
         )
-        _save_pipeline(assemble_pipeline(vae, text_encoder, unet), pipe_dir)
+        save_pretrained_atomic(assemble_pipeline(vae, text_encoder, unet), pipe_dir)
     lap("base")
     enc_dir = ensure_tiny_encoders_dir(seed_dir.parent / ENCODERS_DIR)
     encoders = FeatureEncoders.from_pretrained(enc_dir / "text", enc_dir / "image")
@@ -195,13 +198,3 @@ def _curve(history: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         return {key: round(float(np.mean([r[key] for r in rows if key in r])), 6) for key in keys}
 
     return {"first": mean(history[:k]), "last": mean(history[-k:]), "steps": {"n": len(history)}}
-
-
-def _save_pipeline(pipe: Any, target: Path) -> None:
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    os.replace(tmp, target)

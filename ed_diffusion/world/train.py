@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ed_common.emotions import Emotion
+from ed_diffusion.models.adapter import emotion_adapter_parameters
 from ed_diffusion.training.loop import reference_mode
 from ed_diffusion.training.losses import diffusion_dpo_loss, negative_vp_dpo_loss, per_sample_mse
 from ed_diffusion.world.model import (
@@ -260,28 +261,20 @@ class AdapterHyper:
     emotion_dropout: float = 0.2
 
 
-def adapter_parameters(unet: Any) -> list[torch.nn.Parameter]:
-    """Projector and visual key/value projections (the UNet and text encoder stay frozen)."""
-    from ed_diffusion.models.adapter import emotion_adapter_parameters
+def adapter_state(unet: Any) -> list[Tensor]:
+    """A copy of the adapter's weights (to start the DPO stages from SFT, and to switch systems).
 
-    return emotion_adapter_parameters(unet)
-
-
-def adapter_state(unet: Any) -> dict[str, Tensor]:
-    """A copy of the adapter's weights (to start the DPO stages from SFT, and to switch systems)."""
-    return {n: p.detach().clone() for n, p in unet.named_parameters() if _is_adapter(n)}
+    In ``emotion_adapter_parameters`` order: the projector and the visual key/value projections, which is
+    exactly what ``train_adapter`` optimises (the UNet and text encoder stay frozen).
+    """
+    return [p.detach().clone() for p in emotion_adapter_parameters(unet)]
 
 
-def load_adapter_state(unet: Any, state: dict[str, Tensor]) -> None:
+def load_adapter_state(unet: Any, state: list[Tensor]) -> None:
     """Put ``adapter_state`` weights back."""
-    params = dict(unet.named_parameters())
     with torch.no_grad():
-        for n, v in state.items():
-            params[n].copy_(v)
-
-
-def _is_adapter(name: str) -> bool:
-    return name.startswith("encoder_hid_proj.") or ".to_k_ip." in name or ".to_v_ip." in name
+        for p, v in zip(emotion_adapter_parameters(unet), state, strict=True):
+            p.copy_(v)
 
 
 def train_adapter(
@@ -310,7 +303,7 @@ def train_adapter(
     """
     assert data.latents is not None
     scheduler = train_scheduler()
-    params = adapter_parameters(unet)
+    params = emotion_adapter_parameters(unet)
     for p in params:
         p.requires_grad_(True)
     opt, sched = _adamw_cosine(params, hp.lr, hp.steps)
