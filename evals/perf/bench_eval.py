@@ -45,6 +45,7 @@ from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import REPO_ROOT, Settings, load_settings
 from ed_common.emotions import Emotion
 from evals.records import SampleRecord
+from evals.scorers.cost import trace_costs
 from evals.suite import PromptEntry, Suite, SystemEntry
 
 PROMPTS = (("a birthday cake on a table", "cake"), ("an old dog in the snow", "dog"))  # as in smoke.yaml
@@ -120,15 +121,15 @@ def run_level(
     wall = time.perf_counter() - t0
     if outcome.ran != len(suite.plan()) or len(records) != outcome.ran:
         raise RuntimeError(f"concurrency {concurrency}: ran {outcome.ran} of {len(suite.plan())} samples")
-    calls = [t for r in records for t in r.trace if t.get("prompt_id")]
+    costs = [trace_costs(r.trace) for r in records]  # the eval's own cost scorer: same calls, same tokens
     return LevelResult(
         concurrency=concurrency,
         wall_s=wall,
         samples=len(records),
         failed=sum(not r.ok for r in records),
-        llm_calls=len(calls),
-        input_tokens=sum(int(t.get("input_tokens") or 0) for t in calls),
-        output_tokens=sum(int(t.get("output_tokens") or 0) for t in calls),
+        llm_calls=int(sum(c["llm_calls"] for c in costs)),
+        input_tokens=int(sum(c["input_tokens"] for c in costs)),
+        output_tokens=int(sum(c["output_tokens"] for c in costs)),
         final_prompts={r.id: r.final_prompt for r in records},
     )
 
