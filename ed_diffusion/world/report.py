@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ed_common.atomic import write_json_atomic, write_text_atomic
-from ed_diffusion.images import save_png_atomic
+from ed_common.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 COLUMNS = (
     ("unusual", "emotion_acc", "Emotion acc."),
@@ -28,11 +27,10 @@ def write_reports(out: Path, results: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", results, default=None)
     write_text_atomic(out / "results.md", markdown_table(results))
     first = results["seeds"][0]["seed"]
-    # save_png_atomic never overwrites; a resumed benchmark replaces its grid, so write aside, then rename.
-    grid = save_png_atomic(
-        sample_grid(out / f"seed{first}", results), out / f".samples.png.tmp-{os.getpid()}"
-    )
-    os.replace(grid, out / "samples.png")
+    # A resumed benchmark replaces its grid (save_png_atomic never overwrites): encode, then one atomic write.
+    png = io.BytesIO()
+    sample_grid(out / f"seed{first}", results).save(png, format="PNG")
+    write_bytes_atomic(out / "samples.png", png.getvalue())
 
 
 def _cell(stat: dict[str, float] | None) -> str:
