@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
@@ -558,6 +558,47 @@ def encode_samples(
     return torch.cat(text_chunks), torch.cat(image_chunks)  # [N, d_t], [N, d_v]
 
 
+def cluster_centres(
+    text_feats: Tensor,
+    image_feats: Tensor,
+    groups: Mapping[Emotion, Sequence[int] | Tensor],
+    *,
+    clusters: int,
+    seed: int,
+    max_iter: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per emotion, K-means over its members' text features (``groups``: row indices per emotion).
+
+    Text centre = normalised mean of the members' text features; visual centre = mean of their image
+    features; count = members. Shared by ``build_bank`` (CLIP image features) and the synthetic world's bank
+    (style features).
+
+    Returns:
+        ``text_centres [E, L, d_t]``, ``visual_centres [E, L, d_v]``, ``counts [E, L]``.
+
+    Raises:
+        BankError: an emotion K-means cannot cluster (e.g. fewer members than ``clusters``).
+    """
+    n_e = len(Emotion)
+    text_c = torch.empty(n_e, clusters, text_feats.shape[1])  # [E, L, d_t]
+    visual_c = torch.empty(n_e, clusters, image_feats.shape[1])  # [E, L, d_v]
+    counts = torch.empty(n_e, clusters, dtype=torch.long)  # [E, L]
+    for e, idx in groups.items():
+        members = torch.as_tensor(idx, dtype=torch.long)  # [N_e]
+        try:
+            result = kmeans(text_feats[members], clusters, seed=seed, max_iter=max_iter)
+        except InvalidInputError as exc:
+            raise BankError(f"cannot cluster emotion {e.value!r}: {exc}") from exc
+        if not result.converged:
+            logger.warning("K-means for %s did not converge in %d iterations", e.value, max_iter)
+        for j in range(clusters):
+            sel = members[result.labels == j]  # [n_j]
+            text_c[e.label_index, j] = F.normalize(text_feats[sel].mean(dim=0), dim=-1)  # [d_t]
+            visual_c[e.label_index, j] = image_feats[sel].mean(dim=0)  # [d_v]
+            counts[e.label_index, j] = sel.numel()
+    return text_c, visual_c, counts
+
+
 def build_bank(
     samples: Sequence[EmotionSample],
     encoders: FeatureEncoders,
@@ -605,23 +646,9 @@ def build_bank(
             f"{min(len(idx) for idx in groups.values())} or add samples"
         )
     text_feats, image_feats = encode_samples(samples, encoders, batch_size=batch_size, progress=progress)
-    n_e = len(Emotion)
-    text_c = torch.empty(n_e, clusters, encoders.d_t)  # [E, L, d_t]
-    visual_c = torch.empty(n_e, clusters, encoders.d_v)  # [E, L, d_v]
-    counts = torch.empty(n_e, clusters, dtype=torch.long)  # [E, L]
-    for e, idx in groups.items():
-        members = torch.tensor(idx)  # [N_e]
-        try:
-            result = kmeans(text_feats[members], clusters, seed=seed, max_iter=max_iter)
-        except InvalidInputError as exc:
-            raise BankError(f"cannot cluster emotion {e.value!r}: {exc}") from exc
-        if not result.converged:
-            logger.warning("K-means for %s did not converge in %d iterations", e.value, max_iter)
-        for j in range(clusters):
-            sel = members[result.labels == j]  # [n_j]
-            text_c[e.label_index, j] = F.normalize(text_feats[sel].mean(dim=0), dim=-1)  # [d_t]
-            visual_c[e.label_index, j] = image_feats[sel].mean(dim=0)  # [d_v]
-            counts[e.label_index, j] = sel.numel()
+    text_c, visual_c, counts = cluster_centres(
+        text_feats, image_feats, groups, clusters=clusters, seed=seed, max_iter=max_iter
+    )
     metadata = BankMetadata(
         emotions=EMOTION_NAMES,
         clusters=clusters,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ed_common.emotions import EMOTION_NAMES, Emotion
-from ed_diffusion.bank import BankMetadata, VisualPromptBank, kmeans
+from ed_diffusion.bank import BankMetadata, VisualPromptBank, cluster_centres
 from ed_diffusion.world.model import sample_scheduler
 from ed_diffusion.world.style import style_features
 from ed_diffusion.world.train import TextCache, WorldBatchData, decode_latents
@@ -78,20 +78,9 @@ def build_world_bank(
     text = torch.nn.functional.normalize(encoders.encode_text(data.captions), dim=-1)  # [N, d_t]
     style = style_features(data.pixels)  # [N, d_v]
     d_t, d_v = text.shape[1], style.shape[1]
-    text_c = torch.empty(len(Emotion), clusters, d_t)
-    visual_c = torch.empty(len(Emotion), clusters, d_v)
-    counts = torch.empty(len(Emotion), clusters, dtype=torch.long)
-    for e in Emotion:
-        members = torch.nonzero(data.emotions == e.label_index).flatten()
-        # Captions repeat (templates x contents), so members share features; kmeans refills empty clusters.
-        result = kmeans(text[members], clusters, seed=seed)
-        for j in range(clusters):
-            sel = members[result.labels == j]
-            if len(sel) == 0:  # kmeans refills empty clusters; guard anyway
-                sel = members
-            text_c[e.label_index, j] = torch.nn.functional.normalize(text[sel].mean(0), dim=-1)
-            visual_c[e.label_index, j] = style[sel].mean(0)
-            counts[e.label_index, j] = len(sel)
+    # Captions repeat (templates x contents), so members share features; kmeans refills empty clusters.
+    groups = {e: torch.nonzero(data.emotions == e.label_index).flatten() for e in Emotion}
+    text_c, visual_c, counts = cluster_centres(text, style, groups, clusters=clusters, seed=seed)
     meta = BankMetadata(
         emotions=EMOTION_NAMES,
         clusters=clusters,
