@@ -164,6 +164,15 @@ def prompts_show(
             values[name] = [values[name]]
     rendered = f.render(**values)
     out.print(Panel(esc(rendered.system), title=f"{f.id} v{f.meta.version} - system", border_style="cyan"))
+    if f.example is not None:
+        out.print(Panel(esc(f.example.user), title="worked example - user", border_style="magenta"))
+        out.print(
+            Panel(
+                esc(f.example.reply),
+                title=f"worked example - reply ({f.meta.output})",
+                border_style="magenta",
+            )
+        )
     if rendered.user:
         out.print(Panel(esc(rendered.user), title="user", border_style="green"))
 

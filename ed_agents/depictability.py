@@ -9,7 +9,8 @@ depend on the same model it is guarding.
 
 from __future__ import annotations
 
-from ed_agents.anchors import words
+from ed_agents.anchors import STOPWORDS, words
+from ed_agents.state import VISUAL_CHANNELS
 
 # Emotion names and their common adjective/noun forms: stating the emotion is not showing it.
 _EMOTION_WORDS = """amusement amused amusing funny awe awed awesome awestruck contentment content contented
@@ -33,7 +34,17 @@ MAX_PHRASE_WORDS = 8
 def is_depictable(phrase: str) -> bool:
     """Whether ``phrase`` names something visible (see the module docstring for the rules)."""
     ws = words(phrase)
-    return 0 < len(ws) <= MAX_PHRASE_WORDS and not any(w in NON_DEPICTABLE for w in ws)
+    return (
+        0 < len(ws) <= MAX_PHRASE_WORDS
+        and not any(w in NON_DEPICTABLE for w in ws)
+        and not is_degenerate(phrase)
+    )
+
+
+def is_degenerate(phrase: str) -> bool:
+    """Whether a content word repeats in ``phrase`` ("red light red red", "foam foam"): a model's loop."""
+    content = [w for w in words(phrase) if w not in STOPWORDS]
+    return len(set(content)) < len(content)
 
 
 def filter_depictable(phrases: list[str]) -> tuple[list[str], list[str]]:
@@ -49,3 +60,18 @@ def filter_depictable(phrases: list[str]) -> tuple[list[str], list[str]]:
         seen.add(key)
         (kept if is_depictable(clean) else dropped).append(clean)
     return kept, dropped
+
+
+# Words of the channel names: an item made only of them names a channel instead of filling it (small
+# models echo the schema's keys, e.g. "lighting, composition, expression_pose").
+_CHANNEL_WORDS = frozenset(w for c in VISUAL_CHANNELS for w in c.split("_")) | {
+    "materials",
+    "colors",
+    "colour",
+}
+
+
+def names_a_channel(item: str) -> bool:
+    """Whether ``item`` only names a visual channel ("lighting", "color palette") instead of filling it."""
+    content = [w for w in words(item.replace("_", " ")) if w not in STOPWORDS]
+    return bool(content) and all(w in _CHANNEL_WORDS for w in content)

@@ -3,6 +3,10 @@
 One code path serves every server: the reply is always read as text and parsed tolerantly, whether the
 server enforced a JSON schema (vLLM's ``response_format: json_schema``), only JSON (``json_object``), or
 nothing. If the text does not validate, the model gets one repair turn with the validation error.
+
+Designed for the smallest model we ship (SmolLM2-135M): when the server enforces the schema, the prompt
+carries no schema text (a small model copies field descriptions instead of answering); the task's worked
+example goes first as a user/assistant turn, and a reply that copies that example is not an answer either.
 """
 
 from __future__ import annotations
@@ -77,9 +81,49 @@ class CallResult(Generic[T]):
     value: T
     trace: list[TraceEntry] = field(default_factory=list)
 
+    @property
+    def repaired(self) -> bool:
+        """Whether the value came from the repair turn rather than the first reply."""
+        return any(t.attempt > 1 for t in self.trace)
+
+    @property
+    def outcome(self) -> Literal["used", "repaired"]:
+        """The stage outcome of a successful call (see ``ed_agents.state.StageOutcome``)."""
+        return "repaired" if self.repaired else "used"
+
+
+# Longest string the server may generate for one list item; fields bound their own strings.
+MAX_ITEM_CHARS = 60
+
+
+def reply_schema(schema: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema the server enforces: every property required, no extra keys, bounded strings.
+
+    Required because a grammar-constrained small model otherwise takes the shortest way out and omits the
+    optional keys (an empty reply is schema-valid); bounded so no field runs on to ``max_tokens``.
+    """
+    out = schema.model_json_schema()
+
+    def tighten(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                node["required"] = list(node["properties"])
+                node["additionalProperties"] = False
+            items = node.get("items")
+            if isinstance(items, dict) and items.get("type") == "string":
+                items.setdefault("maxLength", MAX_ITEM_CHARS)
+            for value in node.values():
+                tighten(value)
+        elif isinstance(node, list):
+            for value in node:
+                tighten(value)
+
+    tighten(out)
+    return out
+
 
 def schema_instruction(schema: type[BaseModel]) -> str:
-    """The trusted, code-made instruction appended to a system message to ask for JSON."""
+    """The trusted, code-made instruction for servers that do not enforce a schema (json_object, text)."""
     compact = json.dumps(schema.model_json_schema(), separators=(",", ":"))
     return (
         "Reply with only one JSON object that matches this JSON schema: no prose, no code fences.\n"
@@ -107,18 +151,47 @@ def extract_json_object(text: str) -> Any:
     raise ValueError("no JSON object found in the reply")
 
 
-def parse_structured(text: str, schema: type[T]) -> T:
+class ExampleCopiedError(ValueError):
+    """The reply repeats the task's worked example instead of answering the request."""
+
+
+def parse_structured(text: str, schema: type[T], example_reply: str | None = None) -> T:
     """Validate the reply ``text`` against ``schema`` tolerantly.
 
     Raises:
-        ValueError: no JSON object, it does not validate (pydantic.ValidationError is a ValueError), or it
-            copies a field's description instead of answering (small models do; it is not an answer).
+        ValueError: no JSON object, it does not validate (pydantic.ValidationError is a ValueError), it
+            copies a field's description instead of answering (small models do; it is not an answer), or
+            most of its phrases are the worked example's.
     """
     value = schema.model_validate(extract_json_object(text))
-    copied = _copied_descriptions(value.model_dump(), _descriptions(schema.model_json_schema()))
+    dumped = value.model_dump()
+    copied = _copied_descriptions(dumped, _descriptions(schema.model_json_schema()))
     if copied:
         raise ValueError(f"the reply copies the schema's description of {copied[0]!r} instead of answering")
+    if example_reply is not None and copies_example(dumped, example_reply):
+        raise ExampleCopiedError("the reply copies the worked example instead of answering for this scene")
     return value
+
+
+def string_leaves(data: Any) -> list[str]:
+    """Every string inside ``data`` (dict values and list items, recursively), in order."""
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, dict):
+        return [s for v in data.values() for s in string_leaves(v)]
+    if isinstance(data, list):
+        return [s for v in data for s in string_leaves(v)]
+    return []
+
+
+def copies_example(reply: Any, example_reply: str) -> bool:
+    """Whether at least half of the reply's phrases are phrases of the worked example, word for word."""
+    try:
+        example = {_norm(s) for s in string_leaves(json.loads(example_reply))} - {""}
+    except json.JSONDecodeError:
+        return False
+    leaves = [n for n in (_norm(s) for s in string_leaves(reply)) if n]
+    return bool(leaves) and 2 * sum(n in example for n in leaves) >= len(leaves)
 
 
 def _norm(text: str) -> str:
@@ -220,10 +293,13 @@ class StructuredLLM:
             # One seed per (task, persona): reproducible runs, yet personas do not share a sampler stream.
             key = f"{prompt.id}/{system_prefix.id if system_prefix else ''}"
             overrides["seed"] = self.seed + zlib.crc32(key.encode()) % 100_000
-        messages: list[BaseMessage] = [
-            SystemMessage(f"{system}\n\n{schema_instruction(schema)}"),
-            HumanMessage(rendered.user),
-        ]
+        if self.structured != "json_schema":  # the server will not enforce the shape: say it in words
+            system = f"{system}\n\n{schema_instruction(schema)}"
+        messages: list[BaseMessage] = [SystemMessage(system)]
+        example = prompt.example
+        if example is not None:
+            messages += [HumanMessage(example.user), AIMessage(example.reply)]
+        messages.append(HumanMessage(rendered.user))
         trace: list[TraceEntry] = []
         refs = [prompt]
         for attempt in (1, 2):
@@ -231,7 +307,15 @@ class StructuredLLM:
                 messages, schema, overrides, node, run_index, refs[-1], attempt, trace, system_prefix
             )
             try:
-                return CallResult(parse_structured(text, schema), trace)
+                reply = parse_structured(text, schema, example.reply if example is not None else None)
+                return CallResult(reply, trace)
+            except ExampleCopiedError as exc:
+                trace[-1] = trace[-1].model_copy(update={"ok": False, "error": f"unusable output: {exc}"})
+                if attempt == 2 or repair is None:
+                    raise LLMCallError(f"{node}: unusable output after repair: {exc}", trace) from None
+                # The example is what got copied: ask again without it (a repair turn would show it again).
+                messages = [messages[0], messages[-1]]
+                refs.append(repair)
             except ValueError as exc:
                 error = _short_error(exc)
                 earlier = f"{trace[-1].error}; " if trace[-1].error else ""  # e.g. cut off at max_tokens
@@ -261,7 +345,7 @@ class StructuredLLM:
         if self.structured == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+                "json_schema": {"name": schema.__name__, "schema": reply_schema(schema)},
             }
         elif self.structured == "json_object":
             kwargs["response_format"] = {"type": "json_object"}

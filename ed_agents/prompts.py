@@ -1,6 +1,11 @@
 """Prompt files: one Markdown file per persona or task, YAML front-matter + a Jinja2 body.
 
 A body has a *system* part and, for tasks, a *user* part after a line holding only ``<!-- user -->``.
+A task that asks for JSON names its reply schema (``output``) and carries one worked example between the
+two: ``<!-- example -->`` (a user message, literal text) and ``<!-- reply -->`` (the JSON reply), sent as
+a user/assistant turn before the real request, so a small model sees one good answer. The example is part
+of the file, so it is versioned and hashed with it, and ``check_prompt_dir`` validates the reply against
+the schema.
 Variables carrying user text (or LLM text derived from it) are *untrusted*: the validator rejects them
 in the system part, and rendering neutralises the angle brackets in their values so user text cannot
 close the ``<user_prompt>`` delimiters it is wrapped in. So user text never reaches a system message.
@@ -17,12 +22,16 @@ from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ed_agents.errors import PromptValidationError
+from ed_agents.state import REPLY_SCHEMAS
 
 USER_MARKER = "<!-- user -->"
+EXAMPLE_MARKER = "<!-- example -->"
+REPLY_MARKER = "<!-- reply -->"
 # Variables whose values come from the user, or from an LLM reading the user's text.
 UNTRUSTED_VARIABLES = frozenset(
     {
@@ -39,7 +48,10 @@ UNTRUSTED_VARIABLES = frozenset(
         "scene",
     }
 )
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+# Sandboxed: prompt files are shared and edited by people, so a template must not reach Python internals.
+_ENV = jinja2.sandbox.SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+)
 
 
 class ModelOverrides(BaseModel):
@@ -64,6 +76,9 @@ class FrontMatter(BaseModel):
     name: str | None = Field(None, description="Display name (personas).")
     variables: list[str] = Field(default_factory=list, description="Variables of the system part.")
     user_variables: list[str] = Field(default_factory=list, description="Variables of the user part.")
+    output: str | None = Field(
+        None, description=f"Reply schema of a JSON task: one of {', '.join(sorted(REPLY_SCHEMAS))}."
+    )
     model: ModelOverrides = Field(default_factory=lambda: ModelOverrides())
 
 
@@ -73,6 +88,14 @@ class RenderedPrompt:
 
     system: str
     user: str
+
+
+@dataclass(frozen=True)
+class WorkedExample:
+    """A task's worked example: one user message and the JSON reply it should get (both literal)."""
+
+    user: str
+    reply: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,7 @@ class PromptFile:
     user_template: str
     path: Path
     sha256: str
+    example: WorkedExample | None = None
 
     @property
     def id(self) -> str:
@@ -185,6 +209,8 @@ def parse_prompt_file(path: Path) -> tuple[PromptFile | None, list[Problem]]:
     system_part, sep, user_part = body.partition(f"\n{USER_MARKER}\n")
     if not sep and body.rstrip().endswith(USER_MARKER):
         system_part, user_part, sep = body.rstrip()[: -len(USER_MARKER)], "", USER_MARKER
+    system_part, example, example_problems = _split_example(path, meta, system_part, body_line)
+    problems.extend(example_problems)
     if not system_part.strip():
         problems.append(Problem(path, body_line, "empty body (the system part has no text)"))
     if meta.kind == "persona" and sep:
@@ -202,7 +228,64 @@ def parse_prompt_file(path: Path) -> tuple[PromptFile | None, list[Problem]]:
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if any(p.severity == "error" for p in problems):
         return None, problems
-    return PromptFile(meta, system_part.strip("\n"), user_part.strip("\n"), path, sha), problems
+    # A trial render with placeholder values: what the sandbox refuses fails here, not at run time.
+    placeholders = dict.fromkeys([*meta.variables, *meta.user_variables], "x")
+    for part, start in ((system_part, body_line), (user_part, user_line)):
+        try:
+            _ENV.from_string(part).render(**placeholders)
+        except jinja2.exceptions.SecurityError as exc:
+            problems.append(Problem(path, start, f"the template does something unsafe: {exc}"))
+        except jinja2.TemplateError as exc:
+            problems.append(Problem(path, start, f"the template fails to render: {exc}"))
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return PromptFile(meta, system_part.strip("\n"), user_part.strip("\n"), path, sha, example), problems
+
+
+def _split_example(
+    path: Path, meta: FrontMatter, system_part: str, body_line: int
+) -> tuple[str, WorkedExample | None, list[Problem]]:
+    """Cut the worked example out of the system part and check it against the task's reply schema."""
+    problems: list[Problem] = []
+    head, has_example, rest = system_part.partition(f"\n{EXAMPLE_MARKER}\n")
+    line = body_line + head.count("\n") + 1
+    if meta.output is not None and meta.output not in REPLY_SCHEMAS:
+        allowed = ", ".join(sorted(REPLY_SCHEMAS))
+        problems.append(Problem(path, 1, f"output {meta.output!r} is not a reply schema; allowed: {allowed}"))
+    if not has_example:
+        if REPLY_MARKER in system_part:
+            problems.append(Problem(path, body_line, f"{REPLY_MARKER!r} without an {EXAMPLE_MARKER!r} line"))
+        if meta.kind == "task" and meta.output is not None:
+            problems.append(
+                Problem(path, body_line, f"a task with an output needs a worked example ({EXAMPLE_MARKER})")
+            )
+        return system_part, None, problems
+    if meta.kind == "persona" or meta.output is None:
+        problems.append(Problem(path, line, "only tasks with an `output` schema may carry a worked example"))
+        return head, None, problems
+    ex_user, has_reply, ex_reply = rest.partition(f"\n{REPLY_MARKER}\n")
+    if not has_reply or not ex_user.strip() or not ex_reply.strip():
+        problems.append(
+            Problem(path, line, f"the example needs a user message, then {REPLY_MARKER!r} and a reply")
+        )
+        return head, None, problems
+    for text in (ex_user, ex_reply):
+        if "{{" in text or "{%" in text:
+            problems.append(Problem(path, line, "the worked example is literal text: no Jinja tags in it"))
+            return head, None, problems
+    schema = REPLY_SCHEMAS.get(meta.output)
+    if schema is not None:
+        try:
+            schema.model_validate_json(ex_reply.strip())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "reply"
+            problems.append(
+                Problem(
+                    path, line, f"the example reply does not match {meta.output}: {where}: {first['msg']}"
+                )
+            )
+    return head, WorkedExample(ex_user.strip(), ex_reply.strip()), problems
 
 
 def _check_part(

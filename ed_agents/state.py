@@ -58,6 +58,11 @@ class _Out(BaseModel):
 
 
 # ---------------------------------------------------------------- LLM outputs (Field descriptions instruct)
+# In the schema the server enforces, not in validation: a server that enforces nothing (json_object, text)
+# may leave a list empty, and the rest of its reply is still worth keeping.
+_AT_LEAST_ONE: dict[str, Any] = {"minItems": 1}
+
+
 class ContentAnchors(_Out):
     """The content of the user's prompt that every rewrite must keep."""
 
@@ -73,17 +78,18 @@ class ContentAnchors(_Out):
 
 
 class PersonaReply(_Out):
-    """One persona's subjective reaction (as the LLM writes it)."""
+    """One persona's subjective reaction (as the LLM writes it): short phrases, bounded lists."""
 
     feeling_trigger: str = Field(
-        description="What in this scene would make you feel the emotion, in one sentence.", max_length=300
+        description="What in this scene makes you feel the emotion, as a short phrase.", max_length=100
     )
     what_i_see: list[str] = Field(
-        description="3-5 concrete things you would see: colours, light, gestures, objects, weather.",
-        max_length=6,
+        description="3-4 concrete things you would see: colours, light, gestures, objects, weather.",
+        json_schema_extra=_AT_LEAST_ONE,
+        max_length=4,
     )
     strongest_image: str = Field(
-        description="The single image you would paint, in one phrase.", max_length=200
+        description="The single image you would paint, in one phrase.", max_length=100
     )
 
 
@@ -94,17 +100,8 @@ class PersonaReaction(PersonaReply):
     run_index: int = 0
 
 
-class AbstractConcepts(_Out):
-    """Step 1 of the chain of concept: the emotion as abstract ideas."""
-
-    concepts: list[str] = Field(
-        description="3-6 abstract concepts this emotion evokes here, e.g. anger -> hostility, tension.",
-        max_length=8,
-    )
-
-
 class VisualConcepts(_Out):
-    """Step 2 of the chain of concept: drawable visual concepts per named channel."""
+    """Drawable visual concepts per named channel (the chain of concept's second half, as stored)."""
 
     color_palette: list[str] = Field(default_factory=list, description="Colours and palette.", max_length=5)
     lighting: list[str] = Field(
@@ -129,6 +126,47 @@ class VisualConcepts(_Out):
         return {c: list(getattr(self, c)) for c in VISUAL_CHANNELS}
 
 
+class ConceptReply(_Out):
+    """The chain of concept in one reply: abstract concepts first, then the visuals they lead to.
+
+    One generation, written in this order, is still a chain: each visual is decoded after the concepts.
+    Every channel is required (the server's schema makes the model fill each), with 1-2 short phrases.
+    """
+
+    concepts: list[str] = Field(
+        description="2-4 abstract concepts this emotion evokes here, e.g. anger -> hostility, tension.",
+        json_schema_extra=_AT_LEAST_ONE,
+        max_length=4,
+    )
+    color_palette: list[str] = Field(
+        description="Colours and palette.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+    lighting: list[str] = Field(
+        description="Light quality and direction.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+    composition: list[str] = Field(
+        description="Framing, camera, angle.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+    expression_pose: list[str] = Field(
+        description="The subject's expression, pose and gesture.",
+        json_schema_extra=_AT_LEAST_ONE,
+        max_length=2,
+    )
+    environment: list[str] = Field(
+        description="Weather, time, surroundings.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+    material_texture: list[str] = Field(
+        description="Surfaces and textures.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+    symbolic_objects: list[str] = Field(
+        description="Objects that carry the emotion.", json_schema_extra=_AT_LEAST_ONE, max_length=2
+    )
+
+    def visual(self) -> VisualConcepts:
+        """The visual half, as stored."""
+        return VisualConcepts(**{c: list(getattr(self, c)) for c in VISUAL_CHANNELS})
+
+
 class ConceptChain(_Out):
     """The whole chain of concept for one run."""
 
@@ -140,27 +178,41 @@ class ConceptChain(_Out):
 
 
 class UsedIdea(_Out):
-    """A persona idea the consensus kept."""
+    """A persona idea the final prompt kept (found by matching phrases, not by the model's say-so)."""
 
     persona_id: str = Field(description="Id of the persona whose idea this is.")
     idea: str = Field(description="The idea, as used in the prompt.", max_length=200)
 
 
 class ConsensusReply(_Out):
-    """The consensus step's output."""
+    """The consensus step's output: one visual detail per slot, to add to the user's own words.
 
-    final_prompt: str = Field(
-        description="One fluent image prompt: the user's content words unchanged plus visual details.",
-        max_length=600,
+    The user's prompt is the subject, unchanged, so the content is kept by construction; the model's job
+    is to choose and phrase the details that carry the emotion. Named slots rather than a free list: a
+    small model fills distinct slots with distinct things (a list it fills with one phrase repeated), and
+    the slots cover several channels by construction.
+    """
+
+    palette: str = Field(description="The colours, as a short phrase.", max_length=60)
+    light: str = Field(description="The light, as a short phrase.", max_length=60)
+    pose: str = Field(description="The subject's pose or expression, as a short phrase.", max_length=60)
+    setting: str = Field(description="Weather, time or surroundings, as a short phrase.", max_length=60)
+    texture: str = Field(description="A surface or texture, as a short phrase.", max_length=60)
+    detail: str = Field(description="One more telling object, as a short phrase.", max_length=60)
+    avoid: list[str] = Field(
+        default_factory=list, description="1-3 visual features of the opposite mood.", max_length=3
     )
-    negative_prompt: str = Field(
-        default="",
-        description="Comma-separated things to avoid (visuals of the opposite mood).",
-        max_length=300,
-    )
-    used_ideas: list[UsedIdea] = Field(
-        default_factory=list, description="Which persona ideas you used.", max_length=8
-    )
+
+    def details(self) -> list[tuple[str, str | None]]:
+        """(phrase, channel the slot asks for), in prompt order."""
+        return [
+            (self.palette, "color_palette"),
+            (self.light, "lighting"),
+            (self.pose, "expression_pose"),
+            (self.setting, "environment"),
+            (self.texture, "material_texture"),
+            (self.detail, "symbolic_objects"),
+        ]
 
 
 class RevisedPrompt(_Out):
@@ -170,7 +222,40 @@ class RevisedPrompt(_Out):
     negative_prompt: str = Field(default="", description="Updated negative prompt.", max_length=300)
 
 
+# Reply schemas by the name a task file's ``output`` gives (``emodir prompts check`` validates its example).
+REPLY_SCHEMAS: dict[str, type[_Out]] = {
+    "content_anchors": ContentAnchors,
+    "persona_reply": PersonaReply,
+    "concept_reply": ConceptReply,
+    "consensus_reply": ConsensusReply,
+    "revised_prompt": RevisedPrompt,
+}
+
+PhraseSource = Literal["persona", "concepts", "lexicon", "consensus"]
+
+
+class PromptPhrase(BaseModel):
+    """One clause the final prompt adds to the user's words, with the channel it fills and where it came from.
+
+    ``source`` is ``persona`` or ``concepts`` when the phrase matches a persona's reaction or the LLM's
+    chain of concept, ``lexicon`` when it matches the built-in fallback chain, and ``consensus`` when the
+    consensus model wrote it without a traceable origin.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    phrase: str
+    channel: str | None = None
+    source: PhraseSource = "consensus"
+    persona_id: str | None = None
+
+
 # ---------------------------------------------------------------- trace
+# used: the LLM's output as written; repaired: after one repair turn; topped_up: used, with deterministic
+# additions to meet a floor; fallback: replaced by the built-in path; dropped: a persona left out.
+StageOutcome = Literal["used", "repaired", "topped_up", "fallback", "dropped"]
+
+
 class TraceEntry(BaseModel):
     """One step of a run: an LLM call (with its prompt file) or a deterministic decision."""
 
@@ -190,6 +275,8 @@ class TraceEntry(BaseModel):
     ok: bool = True
     error: str | None = None
     note: str | None = None
+    # What a stage did with the LLM's output; set on the stage's one deterministic note entry.
+    outcome: StageOutcome | None = None
 
 
 class HistoryEntry(BaseModel):
@@ -234,6 +321,7 @@ class State(InputState, total=False):
     feedback_start: int  # index in `feedback` where the current prompt's feedback begins
     final_prompt: str
     negative_prompt: str
+    prompt_phrases: list[PromptPhrase]  # what the final prompt adds to the user's words, and from where
     warnings: Annotated[list[str], operator.add]
     trace: Annotated[list[TraceEntry], operator.add]
     history: Annotated[list[HistoryEntry], operator.add]
@@ -252,6 +340,7 @@ class OutputState(TypedDict, total=False):
     used_ideas: list[UsedIdea]
     final_prompt: str
     negative_prompt: str
+    prompt_phrases: list[PromptPhrase]
     feedback: list[str]
     warnings: list[str]
     trace: list[TraceEntry]

@@ -76,6 +76,10 @@ class SampleRecord(BaseModel):
     visual_prompt: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
     trace: list[dict[str, Any]] = Field(default_factory=list, description="ed_agents TraceEntry dicts.")
+    prompt_phrases: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="ed_agents PromptPhrase dicts: clauses the final prompt adds, and their sources.",
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     wall_s: float = 0.0
     rank: int = 0

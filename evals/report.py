@@ -42,6 +42,23 @@ KEY_METRICS: tuple[str, ...] = (
     "wall_s",
 )
 
+# The "Agent health" table (evals.scorers.health): column label -> metric, in this order.
+HEALTH_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("persona used", "health/react_as_persona/used"),
+    ("persona dropped", "health/react_as_persona/dropped"),
+    ("concepts LLM-written", "health/llm_written/expand_concepts"),
+    ("consensus LLM-written", "health/llm_written/write_consensus"),
+    ("consensus topped up", "health/write_consensus/topped_up"),
+    ("consensus fallback", "health/write_consensus/fallback"),
+    ("repair rate", "repair_rate"),
+    ("added phrases", "added_phrases"),
+    ("channels", "added_channels"),
+    ("traced share", "traced_share"),
+    ("persona share", "persona_share"),
+    ("meets floor", "meets_floor"),
+    ("leak rate", "has_leak"),
+)
+
 
 @dataclass(frozen=True)
 class TableData:
@@ -72,7 +89,7 @@ def key_metrics(summary: dict[str, Any]) -> list[str]:
 
 
 def build_tables(summary: dict[str, Any]) -> list[TableData]:
-    """Overview, one per-emotion table per key metric, all metrics, failures."""
+    """Overview, agent health, one per-emotion table per key metric, all metrics, failures."""
     systems: dict[str, Any] = summary["systems"]
     keys = key_metrics(summary)
     overview = TableData(
@@ -91,7 +108,7 @@ def build_tables(summary: dict[str, Any]) -> list[TableData]:
             for name, s in systems.items()
         ],
     )
-    tables = [overview]
+    tables = [overview, *health_table(summary)]
     emotions = [e.value for e in Emotion if any(e.value in s["emotions"] for s in systems.values())]
     for key in keys:
         rows = []
@@ -121,6 +138,18 @@ def build_tables(summary: dict[str, Any]) -> list[TableData]:
             TableData("Failures (distinct errors, up to 5 per system)", ["system", "error"], failures)
         )
     return tables
+
+
+def health_table(summary: dict[str, Any]) -> list[TableData]:
+    """The agent-health columns per system (a one-element list), or none when no system has any."""
+    systems: dict[str, Any] = summary["systems"]
+    present = {m for s in systems.values() for m in s["all"]["metrics"]}
+    columns = [(label, m) for label, m in HEALTH_COLUMNS if m in present]
+    if not columns:
+        return []
+    rows = [[name, *[fmt(s["all"]["metrics"].get(m)) for _, m in columns]] for name, s in systems.items()]
+    title = "Agent health (all emotions; shares of samples or of stage outcomes)"
+    return [TableData(title, ["system", *[label for label, _ in columns]], rows)]
 
 
 def key_table(summary: dict[str, Any]) -> TableData:

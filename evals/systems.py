@@ -246,6 +246,7 @@ def _ok_record(base: dict[str, Any], state: dict[str, Any], out: Path, start: fl
         visual_prompt=state.get("visual_prompt"),
         warnings=list(state.get("warnings") or []),
         trace=[t.model_dump(mode="json") for t in state.get("trace") or []],
+        prompt_phrases=[p.model_dump(mode="json") for p in state.get("prompt_phrases") or []],
         timings=_render_timings(state.get("manifest")),
         wall_s=time.perf_counter() - start,
         finished=_now(),

@@ -1,10 +1,13 @@
 """The Emotion-Director graph: MC-Agent (personas, chain of concept, consensus, steering) + MC-Diffusion.
 
-    START -> understand_request -> react_as_persona x N (Send, parallel) -> expand_concepts
-          -> write_consensus -> verify_anchors -> [repair_prompt -> verify_anchors] -> finalize_prompt
+    START -> understand_request -> { react_as_persona x N (Send), expand_concepts, extract_anchors }
+          (one super-step, in parallel) -> write_consensus -> verify_anchors
+          -> [repair_prompt -> verify_anchors] -> finalize_prompt
     START -> revise_prompt (same request + new feedback) -> verify_anchors -> ...
     START -> adopt_prompt (agents off: the user's prompt as written)
     finalize_prompt / adopt_prompt -> [retrieve_visual_prompt -> render_image] (when a render is asked for)
+
+A new rewrite's critical path is two LLM calls: the parallel stage, then the consensus.
 
 This module is where the agent side and the image side meet; ``ed_diffusion`` is imported lazily by the
 render nodes, so agent-only runs never import torch.
@@ -25,7 +28,7 @@ from ed_agents.nodes.consensus import write_consensus
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
-from ed_agents.nodes.understand import request_key, understand_request
+from ed_agents.nodes.understand import extract_anchors, request_key, understand_request
 from ed_agents.routing import route_after_verify, route_start
 from ed_agents.state import HistoryEntry, PersonaTask
 from ed_agents.validation import check_request
@@ -68,6 +71,7 @@ def adopt_prompt(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
         "persona_ids": [],
         "concepts": None,
         "used_ideas": [],
+        "prompt_phrases": [],
         "final_prompt": prompt,
         "negative_prompt": "",
         "feedback_applied": len(state.get("feedback", [])),
@@ -85,6 +89,7 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     # The persona node takes a Send payload (PersonaTask), not the state; the overloads cannot say so.
     g.add_node("react_as_persona", react_as_persona, input_schema=PersonaTask)  # type: ignore[call-overload]
     g.add_node("expand_concepts", expand_concepts)
+    g.add_node("extract_anchors", extract_anchors)
     g.add_node("write_consensus", write_consensus)
     g.add_node("revise_prompt", revise_prompt)
     g.add_node("verify_anchors", verify_anchors)
@@ -98,8 +103,10 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
         START, route_entry, ["understand_request", "revise_prompt", "adopt_prompt", "retrieve_visual_prompt"]
     )
     g.add_conditional_edges("understand_request", route_to_personas, ["react_as_persona"])
-    g.add_edge("react_as_persona", "expand_concepts")
-    g.add_edge("expand_concepts", "write_consensus")
+    g.add_edge("understand_request", "expand_concepts")
+    g.add_edge("understand_request", "extract_anchors")
+    # A join: the consensus waits for the whole parallel stage.
+    g.add_edge(["react_as_persona", "expand_concepts", "extract_anchors"], "write_consensus")
     g.add_edge("write_consensus", "verify_anchors")
     g.add_edge("revise_prompt", "verify_anchors")
     g.add_conditional_edges("verify_anchors", route_after_verify, ["repair_prompt", "finalize_prompt"])

@@ -21,6 +21,7 @@ JSON_KEYS = (
     "used_ideas",
     "final_prompt",
     "negative_prompt",
+    "prompt_phrases",
     "warnings",
     "trace",
 )

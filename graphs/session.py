@@ -29,6 +29,7 @@ _STATE_TYPES = [
             "ConceptChain",
             "VisualConcepts",
             "UsedIdea",
+            "PromptPhrase",
             "TraceEntry",
             "HistoryEntry",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ed_agents.state import ConceptChain, PersonaReaction, State, TraceEntry
+from ed_agents.state import ConceptChain, PersonaReaction, StageOutcome, State, TraceEntry
 
 
 def current_reactions(state: State) -> list[PersonaReaction]:
@@ -30,6 +30,8 @@ def format_concepts(chain: ConceptChain | None) -> str:
     )
 
 
-def note(run_index: int, node: str, text: str) -> TraceEntry:
-    """A trace entry for a deterministic decision (no LLM call)."""
-    return TraceEntry(run_index=run_index, node=node, note=text)
+def note(
+    run_index: int, node: str, text: str, outcome: StageOutcome | None = None, persona_id: str | None = None
+) -> TraceEntry:
+    """A trace entry for a deterministic decision (no LLM call); ``outcome`` says what a stage used."""
+    return TraceEntry(run_index=run_index, node=node, note=text, outcome=outcome, persona_id=persona_id)

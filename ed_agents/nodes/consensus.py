@@ -1,44 +1,120 @@
-"""Stage 4: consensus. One prompt that keeps the content and merges the strongest persona ideas."""
+"""Stage 3: consensus. The user's words, unchanged, plus visual details from the personas and concepts.
+
+The model chooses and phrases one detail per slot (palette, light, pose, setting, one more); the node
+keeps only depictable ones that add to the user's words and leak nothing. A consensus must carry the
+emotion: with fewer than ``MIN_DETAILS`` details over ``MIN_CHANNELS`` channels it is topped up from
+the personas' own phrases first, then the concept chain, and the stage's outcome says so
+(``topped_up``), as it says ``fallback`` when the call failed outright.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
 
+from ed_agents.anchors import words
+from ed_agents.channels import channel_of
 from ed_agents.context import Context, context_of
-from ed_agents.depictability import is_depictable
+from ed_agents.depictability import is_depictable, names_a_channel
+from ed_agents.errors import AllPersonasFailedError
+from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.lexicon import NEGATIVE_HINT
 from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import current_reactions, format_concepts, format_reactions, note
-from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, State, UsedIdea
+from ed_agents.provenance import candidates, content, trace_phrase
+from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
 from ed_common.emotions import parse_emotion
 
+MIN_DETAILS = 4
+MIN_CHANNELS = 3
 
-def compose_prompt(
-    user_prompt: str, reactions: Sequence[PersonaReaction], chain: ConceptChain | None
-) -> tuple[str, list[UsedIdea]]:
-    """Deterministic consensus: the user's prompt, depictable persona images, one item per channel."""
-    parts = [user_prompt.strip().rstrip(",.;")]
-    used: list[UsedIdea] = []
-    for r in reactions[:2]:
-        if is_depictable(r.strongest_image):
-            parts.append(r.strongest_image.strip())
-            used.append(UsedIdea(persona_id=r.persona_id, idea=r.strongest_image.strip()))
-    if chain is not None:
-        parts.extend(items[0] for items in chain.visual.channel_items().values() if items)
-    return ", ".join(parts), used
+
+def usable_details(
+    items: Sequence[str], user_prompt: str, checker: LeakChecker
+) -> tuple[list[str], list[str]]:
+    """Split proposed details into (kept, dropped): kept ones are depictable, new and leak nothing."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    seen: set[str] = set()
+    user = content(user_prompt)
+    for item in items:
+        clean = " ".join(item.replace(",", " ").split()).strip(" .;:")
+        key = " ".join(words(clean))
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        bad = (
+            not is_depictable(clean)
+            or names_a_channel(clean)
+            or content(clean) <= user
+            or bool(checker.leaks(clean, [user_prompt]))
+        )
+        (dropped if bad else kept).append(clean)
+    return kept, dropped
+
+
+def _key(text: str) -> str:
+    return " ".join(words(text))
+
+
+def chain_labels(chain: ConceptChain | None) -> dict[str, str]:
+    """Phrase key -> channel of every concept-chain phrase (the chain labels its own phrases)."""
+    if chain is None:
+        return {}
+    return {_key(t): c for c, items in chain.visual.channel_items().items() for t in items}
+
+
+def channels_of(details: Sequence[str], labels: Mapping[str, str]) -> set[str]:
+    """The channels ``details`` fill: a labelled phrase's own channel, else the one its words name."""
+    found = {labels.get(_key(d)) or channel_of(d) for d in details}
+    return {c for c in found if c}
+
+
+def top_up(
+    details: list[str],
+    user_prompt: str,
+    reactions: Sequence[PersonaReaction],
+    chain: ConceptChain | None,
+    checker: LeakChecker,
+    labels: Mapping[str, str],
+) -> list[str]:
+    """Details added from the inputs until the floors hold: missing channels first, personas first."""
+    pool, _ = usable_details([c.text for c in candidates(reactions, chain)], user_prompt, checker)
+    pool = [p for p in pool if _key(p) not in {_key(d) for d in details}]
+    added: list[str] = []
+    while pool and len(channels_of(details + added, labels)) < MIN_CHANNELS:
+        have = channels_of(details + added, labels)
+        new = next((p for p in pool if channels_of([p], labels) - have), None)
+        if new is None:
+            break
+        pool.remove(new)
+        added.append(new)
+    while pool and len(details) + len(added) < MIN_DETAILS:
+        added.append(pool.pop(0))
+    return added
 
 
 def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Ask for the consensus prompt; fall back to ``compose_prompt`` if the LLM output is unusable."""
+    """Ask for the details; keep the usable ones, top them up to the floors, or compose them on failure."""
     ctx = context_of(runtime)
     run = state.get("run_index", 0)
     emotion = parse_emotion(state["target_emotion"])
     reactions = current_reactions(state)
     chain = state.get("concepts")
-    known = {r.persona_id for r in reactions}
+    warnings: list[str] = []
+    if not reactions:
+        errors = [t.error for t in state.get("trace", []) if t.run_index == run and t.error]
+        if chain is None:
+            raise AllPersonasFailedError(
+                f"all {len(state.get('persona_ids', []))} personas failed"
+                + (f"; last error: {errors[-1]}" if errors else "")
+            )
+        warnings.append("every persona was dropped; the consensus uses the chain of concept alone")
+    checker = leak_checker(ctx.prompts)
+    user_prompt = " ".join(state["user_prompt"].split()).rstrip(",.;")
+    outcome: StageOutcome
     try:
         result = ctx.llm.call(
             ctx.prompts.get("tasks/consensus"),
@@ -48,31 +124,44 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             repair=ctx.prompts.get("tasks/repair_output"),
             variables={
                 "emotion": emotion.value,
-                "token_budget": ctx.token_budget,
                 "user_prompt": state["user_prompt"],
-                "anchors": state.get("anchors", []),
                 "persona_reactions": format_reactions(reactions),
                 "concepts": format_concepts(chain),
             },
         )
     except LLMCallError as exc:
-        draft, used = compose_prompt(state["user_prompt"], reactions, chain)
-        return {
-            "draft_prompt": draft,
-            "draft_negative": NEGATIVE_HINT[emotion],
-            "used_ideas": used,
-            "trace": [*exc.trace, note(run, "write_consensus", "fallback: composed deterministically")],
-            "warnings": [f"consensus failed ({exc}); composed the prompt deterministically"],
-        }
-    reply = result.value
-    # Only credit personas that actually ran in this run (a small model may invent ids).
-    used = [u for u in reply.used_ideas if u.persona_id in known]
-    draft = " ".join(reply.final_prompt.split())
-    if not draft:
-        draft, used = compose_prompt(state["user_prompt"], reactions, chain)
+        trace = list(exc.trace)
+        warnings.append(f"consensus failed ({exc}); composed the details from the personas and concepts")
+        details: list[str] = []
+        dropped: list[str] = []
+        avoid: list[str] = []
+        labels = chain_labels(chain)
+        outcome = "fallback"
+    else:
+        trace = list(result.trace)
+        slots = result.value.details()
+        details, dropped = usable_details([d for d, _ in slots], user_prompt, checker)
+        avoid, _ = usable_details(result.value.avoid, "", checker)
+        # A slot's phrase fills the channel the slot asks for (the model was asked for a palette there).
+        labels = chain_labels(chain) | {_key(d): c for d, c in slots if c}
+        outcome = result.outcome
+    added = top_up(details, user_prompt, reactions, chain, checker, labels)
+    if added and outcome != "fallback":
+        outcome = "topped_up"
+        warnings.append(
+            f"the consensus gave {len(details)} usable detail(s) over {len(channels_of(details, labels))} "
+            f"channel(s); added {len(added)} from the personas and concepts"
+        )
+    draft = ", ".join([user_prompt, *details, *added])
+    trace.append(
+        note(run, "write_consensus", f"{outcome}: kept {details}, added {added}, dropped {dropped}", outcome)
+    )
+    pool = candidates(reactions, chain)
+    phrases = [trace_phrase(d, pool, labels.get(_key(d))) for d in [*details, *added]]
     return {
         "draft_prompt": draft,
-        "draft_negative": " ".join(reply.negative_prompt.split()) or NEGATIVE_HINT[emotion],
-        "used_ideas": used,
-        "trace": result.trace,
+        "prompt_phrases": phrases,
+        "draft_negative": ", ".join(avoid) or NEGATIVE_HINT[emotion],
+        "trace": trace,
+        "warnings": warnings,
     }

@@ -8,9 +8,11 @@ from langgraph.runtime import Runtime
 
 from ed_agents.anchors import enforce_anchors, fit_budget, missing_anchors
 from ed_agents.context import Context, context_of
+from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import note
-from ed_agents.state import HistoryEntry, RevisedPrompt, State
+from ed_agents.provenance import added_phrases, split_clauses
+from ed_agents.state import HistoryEntry, PersonaReaction, RevisedPrompt, State, UsedIdea
 from ed_common.emotions import parse_emotion
 
 
@@ -42,27 +44,62 @@ def repair_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             },
         )
     except LLMCallError as exc:
-        return {"anchor_repairs": repairs, "trace": exc.trace, "warnings": [f"anchor repair failed ({exc})"]}
-    update: dict[str, Any] = {"anchor_repairs": repairs, "trace": result.trace}
+        return {
+            "anchor_repairs": repairs,
+            "trace": [
+                *exc.trace,
+                note(run, "repair_prompt", "fallback: deterministic fix", outcome="fallback"),
+            ],
+            "warnings": [f"anchor repair failed ({exc})"],
+        }
+    outcome = result.outcome
+    update: dict[str, Any] = {
+        "anchor_repairs": repairs,
+        "trace": [*result.trace, note(run, "repair_prompt", outcome, outcome=outcome)],
+    }
     if result.value.final_prompt.strip():
         update["draft_prompt"] = " ".join(result.value.final_prompt.split())
     return update
 
 
+def latest_reactions(state: State) -> list[PersonaReaction]:
+    """The reactions of the newest run that had personas (a revision keeps the ones it revises)."""
+    reactions = state.get("persona_reactions", [])
+    newest = max((r.run_index for r in reactions), default=None)
+    return [r for r in reactions if r.run_index == newest]
+
+
+def strip_leaks(prompt: str, user_prompt: str, checker: LeakChecker) -> tuple[str, list[str]]:
+    """Drop the clauses that leak schema words, JSON or instruction text; return the prompt and them."""
+    stripped = checker.leaking_clauses(prompt, user_prompt)
+    return ", ".join(c for c in split_clauses(prompt) if c not in stripped), stripped
+
+
 def finalize_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Guarantee every anchor, fit both prompts to the text encoder's budget, record the run."""
+    """Strip leaks, keep every anchor, fit both prompts to the budget, trace the phrases, record the run."""
     ctx = context_of(runtime)
     run = state.get("run_index", 0)
     anchors = state.get("anchors", [])
-    draft = state.get("draft_prompt", "") or state["user_prompt"]
+    checker = leak_checker(ctx.prompts)
+    draft, stripped = strip_leaks(state.get("draft_prompt", ""), state["user_prompt"], checker)
+    draft = draft or state["user_prompt"]
     fixed = enforce_anchors(draft, state["user_prompt"], anchors)
-    notes = []
+    notes = [f"stripped leaking clauses {stripped}"] if stripped else []
     if fixed != draft:
         notes.append(f"deterministic fix restored {missing_anchors(draft, anchors)}")
     final, dropped = fit_budget(fixed, anchors, ctx.tokens, ctx.token_budget)
     if dropped:
         notes.append(f"fit to {ctx.token_budget} CLIP tokens, dropped {dropped}")
-    negative, _ = fit_budget(state.get("draft_negative", ""), [], ctx.tokens, ctx.token_budget)
+    negative, _ = strip_leaks(state.get("draft_negative", ""), "", checker)
+    negative, _ = fit_budget(negative, [], ctx.tokens, ctx.token_budget)
+    phrases = added_phrases(
+        final,
+        state["user_prompt"],
+        latest_reactions(state),
+        state.get("concepts"),
+        known=state.get("prompt_phrases", []),
+    )
+    used = [UsedIdea(persona_id=p.persona_id, idea=p.phrase) for p in phrases if p.persona_id]
     feedback = state.get("feedback", [])
     mode = state.get("mode", "new")
     entry = HistoryEntry(
@@ -73,14 +110,14 @@ def finalize_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         feedback=feedback[-1] if mode == "feedback" and feedback else None,
         final_prompt=final,
     )
-    warnings = (
-        []
-        if not missing_anchors(final, anchors)
-        else [f"the token budget cut anchors {missing_anchors(final, anchors)}"]
-    )
+    warnings = [f"stripped {len(stripped)} clause(s) that leaked prompt text: {stripped}"] if stripped else []
+    if missing_anchors(final, anchors):
+        warnings.append(f"the token budget cut anchors {missing_anchors(final, anchors)}")
     return {
         "final_prompt": final,
         "negative_prompt": negative,
+        "prompt_phrases": phrases,
+        "used_ideas": used,
         "missing_anchors": missing_anchors(final, anchors),
         "history": [entry],
         "trace": [note(run, "finalize_prompt", "; ".join(notes) or "all anchors kept, within budget")],

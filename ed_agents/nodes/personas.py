@@ -53,8 +53,15 @@ def react_as_persona(task: PersonaTask, runtime: Runtime[Context]) -> dict[str, 
     except LLMCallError as exc:
         why = "timed out" if exc.timed_out else str(exc)
         return {
-            "trace": [*exc.trace, note(run, "react_as_persona", f"persona {pid} dropped: {why}")],
+            "trace": [
+                *exc.trace,
+                note(run, "react_as_persona", f"persona {pid} dropped: {why}", "dropped", pid),
+            ],
             "warnings": [f"persona {pid} dropped: {why}"],
         }
     reaction = PersonaReaction(**result.value.model_dump(), persona_id=pid, run_index=run)
-    return {"persona_reactions": [reaction], "trace": result.trace}
+    outcome = result.outcome
+    return {
+        "persona_reactions": [reaction],
+        "trace": [*result.trace, note(run, "react_as_persona", f"persona {pid}: {outcome}", outcome, pid)],
+    }

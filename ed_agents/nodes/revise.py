@@ -48,12 +48,16 @@ def revise_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             **base,
             "draft_prompt": previous,
             "draft_negative": state.get("negative_prompt", ""),
-            "trace": [*exc.trace, note(run, "revise_prompt", "revision failed; prompt unchanged")],
+            "trace": [
+                *exc.trace,
+                note(run, "revise_prompt", "revision failed; prompt unchanged", outcome="fallback"),
+            ],
             "warnings": [f"revision failed ({exc}); the prompt is unchanged"],
         }
+    outcome = result.outcome
     return {
         **base,
         "draft_prompt": " ".join(result.value.final_prompt.split()) or previous,
         "draft_negative": " ".join(result.value.negative_prompt.split()) or state.get("negative_prompt", ""),
-        "trace": result.trace,
+        "trace": [*result.trace, note(run, "revise_prompt", outcome, outcome=outcome)],
     }

@@ -1,4 +1,10 @@
-"""Stage 1: validate the request, pick the personas, extract the content anchors."""
+"""Stage 1: validate the request, pick the personas, settle the content anchors.
+
+``understand_request`` is deterministic, so the persona fan-out starts at once with the prompt's content
+words as anchors. ``extract_anchors`` asks the LLM for the phrases (subjects, scene, attributes) in the
+same super-step as the personas, off the critical path; its phrases refine the anchors for the stages
+after it, and when it fails the content words stand.
+"""
 
 from __future__ import annotations
 
@@ -20,31 +26,12 @@ def request_key(user_prompt: str, emotion: str) -> str:
 
 
 def understand_request(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Validate the request, choose the personas and settle the content anchors for this run."""
+    """Validate the request, choose the personas and take the prompt's content words as first anchors."""
     ctx = context_of(runtime)
     emotion = check_request(state["user_prompt"], state["target_emotion"], ctx.tokens, ctx.max_prompt_tokens)
     run_index = state.get("run_index", -1) + 1
     persona_ids = select_personas(ctx.prompts.ids("persona"), state.get("personas"), ctx.n_personas, ctx.seed)
-    trace = []
-    warnings = []
-    proposed: list[str] = []
-    try:
-        result = ctx.llm.call(
-            ctx.prompts.get("tasks/understand"),
-            ContentAnchors,
-            node="understand_request",
-            run_index=run_index,
-            repair=ctx.prompts.get("tasks/repair_output"),
-            variables={"emotion": emotion.value, "user_prompt": state["user_prompt"]},
-        )
-        trace.extend(result.trace)
-        found = result.value
-        proposed = [*found.subjects, *([found.scene] if found.scene else []), *found.attributes]
-    except LLMCallError as exc:
-        trace.extend(exc.trace)
-        warnings.append(f"anchor extraction failed ({exc}); using the prompt's content words")
-    anchors = settle_anchors(state["user_prompt"], proposed)
-    trace.append(note(run_index, "understand_request", f"anchors: {anchors}; personas: {persona_ids}"))
+    anchors = settle_anchors(state["user_prompt"], [])
     return {
         "target_emotion": emotion,
         "run_index": run_index,
@@ -56,10 +43,41 @@ def understand_request(state: State, runtime: Runtime[Context]) -> dict[str, Any
         "draft_prompt": "",
         "draft_negative": "",
         "used_ideas": [],
+        "prompt_phrases": [],
         "missing_anchors": [],
         "anchor_repairs": 0,
         "feedback_applied": len(state.get("feedback", [])),
         "feedback_start": len(state.get("feedback", [])),
-        "trace": trace,
-        "warnings": warnings,
+        "trace": [note(run_index, "understand_request", f"anchors: {anchors}; personas: {persona_ids}")],
+    }
+
+
+def extract_anchors(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Ask the LLM for the prompt's content phrases; keep those that really occur in it."""
+    ctx = context_of(runtime)
+    run = state.get("run_index", 0)
+    try:
+        result = ctx.llm.call(
+            ctx.prompts.get("tasks/understand"),
+            ContentAnchors,
+            node="extract_anchors",
+            run_index=run,
+            repair=ctx.prompts.get("tasks/repair_output"),
+            variables={"user_prompt": state["user_prompt"]},
+        )
+    except LLMCallError as exc:
+        return {
+            "trace": [
+                *exc.trace,
+                note(run, "extract_anchors", "fallback: content words", outcome="fallback"),
+            ],
+            "warnings": [f"anchor extraction failed ({exc}); using the prompt's content words"],
+        }
+    found = result.value
+    proposed = [*found.subjects, *([found.scene] if found.scene else []), *found.attributes]
+    anchors = settle_anchors(state["user_prompt"], proposed)
+    outcome = result.outcome
+    return {
+        "anchors": anchors,
+        "trace": [*result.trace, note(run, "extract_anchors", f"anchors: {anchors}", outcome=outcome)],
     }

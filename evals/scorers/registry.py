@@ -15,7 +15,7 @@ from typing import Protocol
 from ed_common.errors import InvalidInputError
 from evals.records import SampleRecord
 
-DEFAULT_SCORERS: tuple[str, ...] = ("distinct_n", "self_bleu", "visual_words", "cost")
+DEFAULT_SCORERS: tuple[str, ...] = ("distinct_n", "self_bleu", "visual_words", "cost", "agent_health")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ def _load_builtin() -> None:
     # The built-in scorers register themselves on import; imported here, not at module top, so the registry
     # module has no import cycle with them.
     import evals.scorers.cost
+    import evals.scorers.health
     import evals.scorers.text  # noqa: F401
 
 

@@ -40,7 +40,8 @@ def test_cli_prompts_check_list_show() -> None:
     result = runner.invoke(
         app, ["prompts", "show", "tasks/understand", "--var", "emotion=awe", "--var", "user_prompt=a red fox"]
     )
-    assert result.exit_code == 0 and "feel awe" in result.output and "a red fox" in result.output
+    assert result.exit_code == 0 and "CONTENT" in result.output and "a red fox" in result.output
+    assert "worked example" in result.output and "red kites" in result.output
 
 
 def test_cli_prompts_check_fails_on_an_invalid_persona(

@@ -81,7 +81,7 @@ def test_every_system_kind_runs_and_is_recorded_in_plan_order(tmp_path: Path, fa
     single = records["single_llm_vp"]
     assert [t["node"] for t in single.trace if t["model"]] == ["single_rewrite"] and single.final_prompt
     (call,) = chat.calls_for("RevisedPrompt")
-    system_msg, user_msg = call["messages"]
+    system_msg, *_, user_msg = call["messages"]  # the worked example sits between them
     assert "birthday cake" not in str(system_msg.content)  # user text never in the system part
     assert "birthday cake" in str(user_msg.content)
     assert records["plain_vp"].final_prompt == "a birthday cake on a table" and not records["plain_vp"].trace

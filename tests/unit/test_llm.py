@@ -60,12 +60,37 @@ def test_structured_call_records_trace_with_prompt_hash(prompt_library: PromptLi
     assert result.value.attributes == ["angry"]
     (entry,) = result.trace
     f = prompt_library.get("tasks/understand")
-    assert (entry.prompt_id, entry.prompt_version, entry.prompt_sha256) == ("understand", 1, f.sha256)
+    assert (entry.prompt_id, entry.prompt_version, entry.prompt_sha256) == ("understand", 2, f.sha256)
     assert (entry.model, entry.input_tokens, entry.output_tokens, entry.ok) == ("smollm2", 10, 5, True)
     call = chat.calls[0]
     assert call["kwargs"]["response_format"]["type"] == "json_schema"
     assert call["kwargs"]["temperature"] == 0.0  # the prompt file's override
-    assert "JSON schema:" in call["messages"][0].content
+    # The server enforces the schema, so the prompt shows none (a small model copies its descriptions);
+    # the worked example goes first as a user/assistant turn.
+    system, ex_user, ex_reply, user = call["messages"]
+    assert "JSON schema" not in system.content and "description" not in system.content
+    assert (ex_user.content, ex_reply.content) == (f.example.user, f.example.reply)
+    assert "<user_prompt>" in user.content
+    sent = call["kwargs"]["response_format"]["json_schema"]["schema"]
+    assert sent["required"] == ["subjects", "scene", "attributes"] and sent["additionalProperties"] is False
+
+
+def test_schema_text_is_sent_only_to_servers_that_do_not_enforce_it(prompt_library: PromptLibrary) -> None:
+    chat = SchemaFakeChatModel(script={"text": GOOD})
+    llm = StructuredLLM(chat, model_name="smollm2", structured="json_object", sleep=lambda s: None)
+    _call(llm, prompt_library)
+    assert "JSON schema:" in chat.calls[0]["messages"][0].content
+
+
+def test_reply_copying_the_worked_example_is_asked_again_without_it(prompt_library: PromptLibrary) -> None:
+    example = prompt_library.get("tasks/understand").example
+    assert example is not None
+    chat = SchemaFakeChatModel(script={"ContentAnchors": [example.reply, GOOD]})
+    result = _call(_llm(chat), prompt_library)
+    assert result.value.attributes == ["angry"] and result.repaired
+    assert "copies the worked example" in str(result.trace[0].error)
+    retry = chat.calls[1]["messages"]
+    assert len(retry) == 2 and example.user not in str(retry[1].content)  # no example the second time
 
 
 def test_structured_call_repairs_once(prompt_library: PromptLibrary) -> None:

@@ -11,13 +11,13 @@ from langgraph.runtime import Runtime
 from ed_agents.errors import AllPersonasFailedError, InvalidInputError
 from ed_agents.lexicon import VISUAL
 from ed_agents.nodes.concepts import expand_concepts
-from ed_agents.nodes.consensus import write_consensus
+from ed_agents.nodes.consensus import MIN_CHANNELS, MIN_DETAILS, chain_labels, channels_of, write_consensus
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
-from ed_agents.nodes.understand import understand_request
+from ed_agents.nodes.understand import extract_anchors, understand_request
 from ed_agents.routing import route_after_verify, route_start
-from ed_agents.state import PersonaReaction
+from ed_agents.state import VISUAL_CHANNELS, ConceptChain, PersonaReaction, VisualConcepts
 from ed_common.emotions import Emotion
 from tests.fakes.fake_chat import SchemaFakeChatModel
 
@@ -36,7 +36,22 @@ def _reaction(pid: str, run: int = 0) -> PersonaReaction:
     )
 
 
-def test_understand_settles_anchors_and_samples_personas(make_context: Any) -> None:
+def test_understand_takes_content_words_and_samples_personas(make_context: Any) -> None:
+    ctx = make_context(SchemaFakeChatModel(), n_personas=3, seed=5)
+    out = understand_request(
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "Fear"}, _rt(ctx)
+    )
+    assert out["target_emotion"] is Emotion.FEAR
+    assert out["anchors"] == ["angry", "dog", "snowy", "forest"]
+    assert len(out["persona_ids"]) == 3 and out["run_index"] == 0
+    assert ctx.llm.chat_model.calls == []  # deterministic: the fan-out starts at once
+    again = understand_request(
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "fear"}, _rt(ctx)
+    )
+    assert again["persona_ids"] == out["persona_ids"]  # same seed, same personas
+
+
+def test_extract_anchors_keeps_llm_phrases_that_occur_in_the_prompt(make_context: Any) -> None:
     chat = SchemaFakeChatModel(
         script={
             "ContentAnchors": json.dumps(
@@ -44,24 +59,20 @@ def test_understand_settles_anchors_and_samples_personas(make_context: Any) -> N
             )
         }
     )
-    ctx = make_context(chat, n_personas=3, seed=5)
-    out = understand_request(
-        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "Fear"}, _rt(ctx)
+    out = extract_anchors(
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "fear", "run_index": 0},
+        _rt(make_context(chat)),
     )
-    assert out["target_emotion"] is Emotion.FEAR
     assert out["anchors"] == ["dog", "snowy forest", "angry"]  # "unicorn" is not in the prompt
-    assert len(out["persona_ids"]) == 3 and out["run_index"] == 0
-    again = understand_request(
-        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "fear"}, _rt(ctx)
-    )
-    assert again["persona_ids"] == out["persona_ids"]  # same seed, same personas
+    assert out["trace"][-1].outcome == "used"
 
 
-def test_understand_falls_back_to_content_words(make_context: Any) -> None:
+def test_extract_anchors_falls_back_to_content_words(make_context: Any) -> None:
     ctx = make_context(SchemaFakeChatModel(script={"ContentAnchors": "no idea"}))
-    out = understand_request({"user_prompt": "a red fox", "target_emotion": "awe"}, _rt(ctx))
-    assert out["anchors"] == ["red", "fox"]
+    out = extract_anchors({"user_prompt": "a red fox", "target_emotion": "awe", "run_index": 0}, _rt(ctx))
+    assert "anchors" not in out  # the content words understand_request set stand
     assert out["warnings"] and "anchor extraction failed" in out["warnings"][0]
+    assert out["trace"][-1].outcome == "fallback"
 
 
 @pytest.mark.parametrize(
@@ -152,71 +163,79 @@ def test_persona_reaction_carries_id_and_run(make_context: Any) -> None:
     assert (r.persona_id, r.run_index) == ("zen_gardener", 3)
 
 
+def _concept_reply(**channels: list[str]) -> str:
+    reply = {"concepts": ["loss", "absence"]} | {c: channels.get(c, []) for c in VISUAL_CHANNELS}
+    return json.dumps(reply)
+
+
 def test_expand_concepts_filters_undepictable_words(make_context: Any) -> None:
-    visual = {
-        "color_palette": ["ash grey", "sadness"],
-        "lighting": ["dim light"],
-        "environment": ["rain sound"],
-    }
-    ctx = make_context(
-        SchemaFakeChatModel(
-            script={
-                "AbstractConcepts": '{"concepts": ["loss", "absence"]}',
-                "VisualConcepts": json.dumps(visual),
-            }
-        )
+    reply = _concept_reply(
+        color_palette=["ash grey", "sadness"], lighting=["dim light"], environment=["rain sound"]
     )
-    state = {
-        "user_prompt": "a dog",
-        "target_emotion": "sadness",
-        "run_index": 0,
-        "persona_reactions": [_reaction("child")],
-        "persona_ids": ["child"],
-    }
-    chain = expand_concepts(state, _rt(ctx))["concepts"]
+    ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": reply}))
+    state = {"user_prompt": "a dog", "target_emotion": "sadness", "run_index": 0}
+    out = expand_concepts(state, _rt(ctx))
+    chain = out["concepts"]
     assert chain.abstract == ["loss", "absence"]
     assert chain.visual.color_palette == ["ash grey"]
     assert chain.dropped == ["sadness", "rain sound"]
-    assert chain.source == "llm"
+    assert chain.source == "llm" and out["trace"][-1].outcome == "used"
 
 
 def test_expand_concepts_drops_items_that_only_name_channels(make_context: Any) -> None:
-    visual = {
-        "color_palette": ["lighting", "ash grey"],
-        "composition": ["expression_pose, materials_texture"],
-    }
-    ctx = make_context(
-        SchemaFakeChatModel(
-            script={"AbstractConcepts": '{"concepts": ["loss"]}', "VisualConcepts": json.dumps(visual)}
-        )
+    reply = _concept_reply(
+        color_palette=["lighting", "ash grey"], composition=["expression_pose, materials_texture"]
     )
-    state = {
-        "user_prompt": "a dog",
-        "target_emotion": "sadness",
-        "run_index": 0,
-        "persona_reactions": [_reaction("child")],
-        "persona_ids": ["child"],
-    }
+    ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": reply}))
+    state = {"user_prompt": "a dog", "target_emotion": "sadness", "run_index": 0}
     chain = expand_concepts(state, _rt(ctx))["concepts"]
     assert chain.visual.color_palette == ["ash grey"] and chain.visual.composition == []
     assert chain.dropped == ["lighting", "expression_pose, materials_texture"]
 
 
 def test_expand_concepts_falls_back_to_lexicon(make_context: Any) -> None:
-    ctx = make_context(SchemaFakeChatModel(script={"VisualConcepts": "nonsense"}))
-    state = {
-        "user_prompt": "a dog",
-        "target_emotion": "fear",
-        "run_index": 0,
-        "persona_reactions": [_reaction("child")],
-        "persona_ids": ["child"],
-    }
+    ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": "nonsense"}))
+    state = {"user_prompt": "a dog", "target_emotion": "fear", "run_index": 0}
     out = expand_concepts(state, _rt(ctx))
     assert out["concepts"].visual == VISUAL[Emotion.FEAR]
     assert out["concepts"].source == "lexicon"
+    assert out["trace"][-1].outcome == "fallback" and "chain of concept failed" in out["warnings"][0]
 
 
-def test_expand_concepts_with_no_reaction_this_run_is_an_error(make_context: Any) -> None:
+def _chain() -> ConceptChain:
+    return ConceptChain(
+        emotion=Emotion.ANGER,
+        abstract=["hostility"],
+        visual=VisualConcepts(
+            color_palette=["blood red"], lighting=["harsh side light"], environment=["storm clouds"]
+        ),
+    )
+
+
+def _consensus(**slots: str) -> str:
+    reply = {
+        "palette": "",
+        "light": "",
+        "pose": "",
+        "setting": "",
+        "texture": "",
+        "detail": "",
+        "avoid": ["soft pastel"],
+    }
+    return json.dumps(reply | slots)
+
+
+def _consensus_state(prompt: str) -> dict[str, Any]:
+    return {
+        "user_prompt": prompt,
+        "target_emotion": "anger",
+        "run_index": 0,
+        "persona_reactions": [_reaction("child")],
+        "concepts": _chain(),
+    }
+
+
+def test_consensus_with_no_reaction_and_no_chain_is_an_error(make_context: Any) -> None:
     state = {
         "user_prompt": "a dog",
         "target_emotion": "fear",
@@ -225,26 +244,84 @@ def test_expand_concepts_with_no_reaction_this_run_is_an_error(make_context: Any
         "persona_ids": ["child", "zen_gardener"],
     }
     with pytest.raises(AllPersonasFailedError, match="all 2 personas failed"):
-        expand_concepts(state, _rt(make_context()))
+        write_consensus(state, _rt(make_context()))
 
 
-def test_consensus_credits_only_personas_that_ran(make_context: Any) -> None:
-    reply = {
-        "final_prompt": "an angry dog under red light",
-        "negative_prompt": "soft pastel",
-        "used_ideas": [{"persona_id": "child", "idea": "big teeth"}, {"persona_id": "ghost", "idea": "x"}],
-    }
-    ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": json.dumps(reply)}))
-    state = {
+def test_consensus_without_personas_uses_the_chain_and_says_so(make_context: Any) -> None:
+    ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": "nonsense"}))
+    state = {"user_prompt": "a dog", "target_emotion": "anger", "run_index": 0, "concepts": _chain()}
+    out = write_consensus(state, _rt(ctx))
+    assert out["draft_prompt"] == "a dog, blood red, harsh side light, storm clouds"
+    assert "every persona was dropped" in out["warnings"][0]
+    assert out["trace"][-1].outcome == "fallback"
+
+
+def test_consensus_keeps_the_user_words_and_the_llm_details(make_context: Any) -> None:
+    reply = _consensus(
+        palette="blood red and black",
+        light="harsh side light",
+        pose="dog with bared teeth",
+        setting="storm clouds overhead",
+        detail="a torn leash",
+    )
+    ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": reply}))
+    out = write_consensus(_consensus_state("an angry dog."), _rt(ctx))
+    assert out["draft_prompt"] == (
+        "an angry dog, blood red and black, harsh side light, dog with bared teeth, storm clouds overhead, "
+        "a torn leash"
+    )
+    assert out["draft_negative"] == "soft pastel"
+    assert out["trace"][-1].outcome == "used" and out["warnings"] == []
+
+
+def test_consensus_that_returns_only_the_users_words_is_topped_up(make_context: Any) -> None:
+    # The failure the issue found: a "final prompt" that is the user's prompt and nothing else.
+    reply = _consensus(palette="an angry dog", light="angry dog", pose="dog", setting="sadness", detail="")
+    ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": reply}))
+    out = write_consensus(_consensus_state("an angry dog"), _rt(ctx))
+    added = out["draft_prompt"].split(", ")[1:]
+    assert len(added) >= MIN_DETAILS
+    assert len(channels_of(added, chain_labels(_chain()))) >= MIN_CHANNELS
+    assert "a dog by an empty bowl" in added  # the persona's own image comes first
+    assert out["trace"][-1].outcome == "topped_up" and "added" in out["warnings"][0]
+
+
+def test_consensus_drops_details_that_leak_schema_or_example_text(make_context: Any) -> None:
+    reply = _consensus(
+        palette="color_palette: red",
+        light="slate grey and faded white",  # the worked example's own palette
+        pose="dog with bared teeth",
+        setting='{"setting": "rain"}',
+        detail="harsh side light",
+    )
+    ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": reply}))
+    out = write_consensus(_consensus_state("an angry dog"), _rt(ctx))
+    assert "color_palette" not in out["draft_prompt"] and "slate grey" not in out["draft_prompt"]
+    assert "{" not in out["draft_prompt"]
+    assert "dog with bared teeth" in out["draft_prompt"]
+
+
+def test_finalize_traces_phrases_to_personas_and_concepts(make_context: Any) -> None:
+    state: dict[str, Any] = {
         "user_prompt": "an angry dog",
         "target_emotion": "anger",
         "run_index": 0,
+        "anchors": ["angry", "dog"],
         "persona_reactions": [_reaction("child")],
-        "anchors": ["angry dog"],
+        "concepts": _chain(),
+        "draft_prompt": "an angry dog, a dog by an empty bowl, blood red, purple dolphins, feeling_trigger x",
+        "draft_negative": "",
     }
-    out = write_consensus(state, _rt(ctx))
-    assert out["draft_prompt"] == "an angry dog under red light"
+    out = finalize_prompt(state, _rt(make_context()))
+    assert out["final_prompt"] == "an angry dog, a dog by an empty bowl, blood red, purple dolphins"
+    sources = [(p.phrase, p.source, p.persona_id, p.channel) for p in out["prompt_phrases"]]
+    assert sources == [
+        ("a dog by an empty bowl", "persona", "child", None),
+        ("blood red", "concepts", None, "color_palette"),
+        ("purple dolphins", "consensus", None, "color_palette"),
+    ]
     assert [u.persona_id for u in out["used_ideas"]] == ["child"]
+    assert "leaked" in out["warnings"][0]
 
 
 def test_anchor_repair_then_deterministic_fix(make_context: Any) -> None:
@@ -302,7 +379,7 @@ def test_revise_uses_previous_prompt_and_feedback(make_context: Any) -> None:
         1,
         2,
     )
-    user = chat.calls[0]["messages"][1].content
+    user = chat.calls[0]["messages"][-1].content
     assert "a dog at dusk" in user and "- add fog" in user
 
 
@@ -319,5 +396,5 @@ def test_revise_ignores_feedback_given_on_an_earlier_prompt(make_context: Any) -
         "anchors": ["fox"],
     }
     revise_prompt(state, _rt(make_context(chat)))
-    user = chat.calls[0]["messages"][1].content
+    user = chat.calls[0]["messages"][-1].content
     assert "- darker" in user and "dog" not in user

@@ -16,8 +16,7 @@ def test_prompt_library_has_six_personas_and_every_task(prompt_library: PromptLi
     assert {
         "understand",
         "persona_reaction",
-        "concepts_abstract",
-        "concepts_visual",
+        "concept_chain",
         "consensus",
         "repair_anchors",
         "revise",
