@@ -860,6 +860,15 @@ class ChatRepl:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's ``ClickException`` and the one typer bundles (``typer.BadParameter``'s base): typer raises
+    its own copy's exceptions, so matching click's alone lets every usage error escape as a traceback."""
+    import click
+
+    bundled = [c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"]
+    return tuple({click.ClickException, *bundled})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: known errors become one red line and exit code 1."""
     try:
@@ -875,11 +884,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return int(exc.exit_code)
+        if isinstance(exc, _click_errors()):
+            exc.show()  # type: ignore[attr-defined]  # typer's usage line and the one-line reason
+            return int(exc.exit_code)  # type: ignore[attr-defined]  # 2 for usage errors
         raise
     return int(result) if isinstance(result, int) else 0
 

@@ -77,9 +77,7 @@ class LeakChecker:
     def leaking_clauses(self, prompt: str, user_prompt: str) -> list[str]:
         """The comma-separated clauses of ``prompt`` that leak; the user's own words never count."""
         user = _content(user_prompt)
-        return [
-            c for c in split_clauses(prompt) if not _content(c) <= user and self.leaks(c, [user_prompt])
-        ]
+        return [c for c in split_clauses(prompt) if not _content(c) <= user and self.leaks(c, [user_prompt])]
 
     def leaks(self, clause: str, allowed: Iterable[str] = ()) -> list[str]:
         """Why ``clause`` is a leak (empty if it is not); words of ``allowed`` texts never count.

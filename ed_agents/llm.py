@@ -266,6 +266,7 @@ class StructuredLLM:
         run_index: int,
         repair: PromptFile | None = None,
         system_prefix: PromptFile | None = None,
+        with_example: bool = True,
         variables: dict[str, Any],
     ) -> CallResult[T]:
         """Render ``prompt``, ask for ``schema``, repair once if the reply does not validate.
@@ -277,6 +278,8 @@ class StructuredLLM:
             run_index: the run this call belongs to, for the trace.
             repair: task file for the repair turn (user part gets ``error`` and ``bad_output``).
             system_prefix: a persona file whose system text goes before the task's system text.
+            with_example: send the task's worked example first (off for a second opinion once a reply
+                leaned on it too much).
             variables: template variables for every file involved.
 
         Raises:
@@ -291,12 +294,14 @@ class StructuredLLM:
             overrides |= system_prefix.meta.model.model_dump(exclude_none=True)
         if self.seed is not None:
             # One seed per (task, persona): reproducible runs, yet personas do not share a sampler stream.
-            key = f"{prompt.id}/{system_prefix.id if system_prefix else ''}"
+            key = f"{prompt.id}/{system_prefix.id if system_prefix else ''}" + (
+                "" if with_example else "/bare"
+            )
             overrides["seed"] = self.seed + zlib.crc32(key.encode()) % 100_000
         if self.structured != "json_schema":  # the server will not enforce the shape: say it in words
             system = f"{system}\n\n{schema_instruction(schema)}"
         messages: list[BaseMessage] = [SystemMessage(system)]
-        example = prompt.example
+        example = prompt.example if with_example else None
         if example is not None:
             messages += [HumanMessage(example.user), AIMessage(example.reply)]
         messages.append(HumanMessage(rendered.user))

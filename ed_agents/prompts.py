@@ -370,9 +370,12 @@ def check_prompt_dir(root: Path) -> tuple[dict[str, PromptFile], list[Problem]]:
     files: dict[str, PromptFile] = {}
     if not root.is_dir():
         return files, [Problem(root, 0, "prompts directory does not exist")]
-    paths = sorted((root / "personas").glob("*.md")) + sorted((root / "tasks").glob("*.md"))
+    personas = sorted((root / "personas").glob("*.md"))
+    paths = personas + sorted((root / "tasks").glob("*.md"))
     if not paths:
         problems.append(Problem(root, 0, "no prompt files under personas/ or tasks/"))
+    elif not personas:
+        problems.append(Problem(root / "personas", 0, "no persona file: MC-Agent needs at least one"))
     for path in paths:
         parsed, found = parse_prompt_file(path)
         problems.extend(found)

@@ -13,6 +13,17 @@ from graphs.emotion_director import build_graph
 from tests.fakes.fake_chat import SchemaFakeChatModel
 
 PERSONAS = ["child", "horror_director", "war_photographer", "zen_gardener"]
+CONSENSUS = json.dumps(
+    {
+        "palette": "ink black and bone white",
+        "light": "one harsh lamp",
+        "pose": "cat with an arched back",
+        "setting": "night fog over the roofs",
+        "texture": "wet slate tiles",
+        "detail": "a broken lantern",
+        "avoid": ["sunny pastel"],
+    }
+)
 CONCEPTS = json.dumps(
     {
         "concepts": ["threat"],
@@ -77,9 +88,9 @@ def test_graph_critical_path_is_the_parallel_stage_then_the_consensus(make_conte
 
         return reply
 
-    chat = SchemaFakeChatModel(
-        script={n: meet(n) for n in ("PersonaReply", "ConceptReply", "ContentAnchors")}
-    )
+    script: dict[str, Any] = {n: meet(n) for n in ("PersonaReply", "ConceptReply", "ContentAnchors")}
+    script["ConsensusReply"] = CONSENSUS
+    chat = SchemaFakeChatModel(script=script)
     out = _run(make_context(chat, llm_max_retries=0), user_prompt="a cat on a roof")
     assert len(out["persona_reactions"]) == len(PERSONAS)
     assert [c["schema"] for c in chat.calls][-1] == "ConsensusReply"

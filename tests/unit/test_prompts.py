@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ed_agents.errors import PromptValidationError
 from ed_agents.prompts import UNTRUSTED_VARIABLES, PromptLibrary, check_prompt_dir, neutralise
+from ed_agents.state import REPLY_SCHEMAS
 from tests.conftest import PROMPTS_DIR
 
 ALL_FILES = sorted(PROMPTS_DIR.glob("*/*.md"))
@@ -142,3 +144,69 @@ def test_render_neutralises_user_delimiters(prompt_library: PromptLibrary) -> No
 def test_no_shipped_file_puts_untrusted_variables_in_system(prompt_library: PromptLibrary) -> None:
     for f in prompt_library:
         assert not set(f.meta.variables) & UNTRUSTED_VARIABLES, f.id
+
+
+def _copy_prompts(tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "prompts"
+    shutil.copytree(PROMPTS_DIR, root)
+    return root
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{% for c in ().__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+    ],
+)
+def test_a_template_that_reaches_python_internals_fails_the_check(tmp_path: Path, payload: str) -> None:
+    root = _copy_prompts(tmp_path)
+    child = root / "personas" / "child.md"
+    child.write_text(child.read_text(encoding="utf-8") + f"\n{payload}\n", encoding="utf-8")
+    files, problems = check_prompt_dir(root)
+    assert "child" not in files
+    assert any("unsafe" in p.message for p in problems if p.path == child), problems
+    with pytest.raises(PromptValidationError, match="unsafe"):
+        PromptLibrary.load(root)
+
+
+def test_a_directory_without_personas_fails_the_check(tmp_path: Path) -> None:
+    root = _copy_prompts(tmp_path)
+    for f in (root / "personas").glob("*.md"):
+        f.unlink()
+    _, problems = check_prompt_dir(root)
+    assert any("no persona file" in p.message for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('"feeling_trigger"', '"feeling"'), "does not match persona_reply"),
+        (lambda t: t.replace("output: persona_reply", "output: nonsense"), "not a reply schema"),
+        (lambda t: t.replace("<!-- reply -->\n", ""), "needs a user message, then"),
+        (
+            lambda t: t[: t.index("<!-- example -->")] + t[t.index("<!-- user -->") :],
+            "needs a worked example",
+        ),
+        (lambda t: t.replace("a lighthouse on a rocky coast", "{{ user_prompt }}", 1), "literal text"),
+    ],
+)
+def test_the_worked_example_is_validated_against_the_output_schema(
+    tmp_path: Path, edit: Any, message: str
+) -> None:
+    root = _copy_prompts(tmp_path)
+    task = root / "tasks" / "persona_reaction.md"
+    task.write_text(edit(task.read_text(encoding="utf-8")), encoding="utf-8")
+    files, problems = check_prompt_dir(root)
+    assert "persona_reaction" not in files
+    assert any(message in p.message for p in problems if p.path == task), problems
+
+
+def test_every_json_task_carries_an_example_that_validates(prompt_library: PromptLibrary) -> None:
+    for f in prompt_library:
+        if f.meta.output is not None:
+            assert f.example is not None, f.id
+            REPLY_SCHEMAS[f.meta.output].model_validate_json(f.example.reply)
