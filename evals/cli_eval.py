@@ -83,6 +83,12 @@ def eval_run(
     no_autostart: Annotated[
         bool, typer.Option("--no-autostart", help="Never start the embedded LLM server.")
     ] = False,
+    agents_only: Annotated[
+        bool,
+        typer.Option(
+            "--agents-only", help="Render nothing: run the agents, score the prompts (images_per_prompt 0)."
+        ),
+    ] = False,
 ) -> None:
     """Run a suite (sharded across processes under torchrun / accelerate launch), then score and report."""
     from ed_agents.clip_tokens import default_counter
@@ -93,6 +99,8 @@ def eval_run(
     from evals.systems import make_context_factory, needs_llm, validate_suite
 
     suite = load_suite(suite_file)
+    if agents_only:  # part of the run's identity, so a resume must say it again
+        suite = suite.model_copy(update={"images_per_prompt": 0})
     settings = _settings(ctx, suite, suite_file, preset=preset)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")

@@ -131,6 +131,23 @@ class ImageScoringSection(_Strict):
         )
 
 
+# What a suite is about, and all a suite may set: a suite file is shared data, so it never chooses a path,
+# a server or a program to run (`prompts_dir`, `llm_server_python`, `llm_base_url`, model paths ...).
+SUITE_SETTINGS = frozenset(
+    {
+        "preset",
+        "n_personas",
+        "personas",
+        "seed",
+        "temperature",
+        "max_tokens",
+        "max_prompt_tokens",
+        "llm_structured",
+        "llm_model",
+    }
+)
+
+
 class Suite(_Strict):
     """A whole eval suite."""
 
@@ -160,6 +177,13 @@ class Suite(_Strict):
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {', '.join(unknown)}; see ed_agents/settings.py for the keys"
+            )
+        refused = sorted(set(self.settings) - SUITE_SETTINGS)
+        if refused:
+            raise ValueError(
+                f"setting(s) {', '.join(refused)} may not be set by a suite; a suite may set only "
+                f"{', '.join(sorted(SUITE_SETTINGS))} (paths, servers and programs come from your own "
+                "config, flags or environment)"
             )
         check_scorer_names(self.text_scorers)
         if self.image_scoring.content_scorer != "none":

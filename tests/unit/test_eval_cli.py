@@ -147,3 +147,22 @@ def test_rich_tables_escape_markup_in_run_labels() -> None:
     console.print(_rich_table(TableData("Comparison", ["metric", "runs[/]", "[red]b"], [["x", "1", "2"]])))
     text = console.export_text()
     assert "runs[/]" in text and "[red]b" in text
+
+
+def test_eval_run_agents_only_renders_nothing_and_reports_agent_health(
+    tmp_path: Path, suite_file: Path, fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", fake_server.base_url)
+    with_images = suite_file.read_text().replace("images_per_prompt: 0", "images_per_prompt: 2")
+    suite_file.write_text(with_images)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(out), "--agents-only"])
+    assert result.exit_code == 0, result.output
+    records = read_records(out / "samples.jsonl")
+    assert records and all(not r.images for r in records)
+    summary = json.dumps(json.loads((out / "summary.json").read_text()))
+    assert "health/llm_written/write_consensus" in summary
+    assert "Agent health" in (out / "report.md").read_text()
+    # The run's identity includes the flag: a resume without it is a different run.
+    again = runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(out), "--resume"])
+    assert again.exit_code != 0

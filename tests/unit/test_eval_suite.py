@@ -61,6 +61,10 @@ def test_shipped_suites_cover_what_the_issue_asks_for() -> None:
         (MINIMAL.replace("{kind: plain}", "{kind: plain}, {kind: plain}"), "repeated: plain_vp"),
         (MINIMAL + "seeds: [1, 1]\n", "repeat a value"),
         (MINIMAL + "settings: {presett: tiny}\n", "unknown setting(s) presett"),
+        # A shared suite file is data: it may not choose a program, a server or a path.
+        (MINIMAL + "settings: {llm_server_python: /bin/sh}\n", "llm_server_python may not be set by a suite"),
+        (MINIMAL + "settings: {prompts_dir: /tmp/evil}\n", "prompts_dir may not be set by a suite"),
+        (MINIMAL + "settings: {llm_base_url: 'http://x'}\n", "llm_base_url may not be set by a suite"),
         (MINIMAL + "text_scorers: [bleurt]\n", "unknown scorer 'bleurt'"),
         (MINIMAL + "image_scoring: {emotion_classifier: resnet}\n", "image_scoring.emotion_classifier"),
         (
