@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -23,6 +24,7 @@ from ed_agents.chat_commands import COMMANDS, parse_command
 from ed_agents.errors import EmodirError, InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
+from ed_common.paths import check_writable
 from evals.cli_eval import eval_app
 
 app = typer.Typer(
@@ -261,6 +263,7 @@ def bank_build(
     quiet_third_party()
     if out_path.exists():
         raise OutputExistsError(f"{out_path} already exists; refusing to overwrite it")
+    check_writable(out_path, directory=False)
     samples, summary = load_emotion_dataset(data)
     if summary.num_skipped:
         err.print(f"[yellow]skipped {summary.num_skipped} bad row(s):[/] {esc(str(summary.skipped))}")
@@ -313,6 +316,7 @@ def _train(ctx: typer.Context, config: Path, kind: str, resume: bool) -> None:
 
     quiet_third_party()
     cfg = load_config(config, SFTTrainConfig if kind == "sft" else DPOTrainConfig)
+    check_writable(Path(cfg.output_dir), flag="output_dir")
     settings = _settings(ctx)
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -396,6 +400,7 @@ def world_bench(
     if workers is not None:
         overrides["workers"] = workers
     cfg = BenchConfig.quick(**overrides) if quick else BenchConfig.full(**overrides)
+    check_writable(out_dir)
     vae = 0 if (out_dir / "vae" / "config.json").is_file() else cfg.vae_steps
     todo = [s for s in cfg.seeds if not (out_dir / f"seed{s}" / "result.json").is_file()]
     columns = (
@@ -648,6 +653,7 @@ def generate(
     )
     if out_dir is not None and out_dir.exists():
         raise OutputExistsError(f"output path {out_dir} already exists; choose a new --out")
+    check_writable(out_dir or settings.runs_dir, flag="--out" if out_dir else "runs_dir")
     try:
         options = RenderOptions(
             n_images=n,
@@ -860,6 +866,16 @@ class ChatRepl:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _one_line(exc: BaseException) -> str:
+    """Our errors as they are; a filesystem or database error with the path it concerns."""
+    if isinstance(exc, OSError) and not isinstance(exc, EmodirError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    if isinstance(exc, sqlite3.Error):
+        return f"the session store failed: {exc}"
+    return " ".join(str(exc).split())
+
+
 def _click_errors() -> tuple[type[Exception], ...]:
     """click's ``ClickException`` and the one typer bundles (``typer.BadParameter``'s base): typer raises
     its own copy's exceptions, so matching click's alone lets every usage error escape as a traceback."""
@@ -870,14 +886,23 @@ def _click_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: known errors become one red line and exit code 1."""
+    """Console entry point: known errors become one red line and exit code 1 (usage errors: 2)."""
+    args = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(args, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode (surrogate-escaped)
+            shown = arg.encode("utf-8", "backslashreplace").decode("utf-8")
+            err.print(f"[red]error:[/] argument {i} ({esc(shown)}) is not valid UTF-8", highlight=False)
+            return 2
     try:
-        result = app(args=argv, standalone_mode=False)
-    except EmodirError as exc:
+        result = app(args=args, standalone_mode=False)
+    except (EmodirError, OSError, sqlite3.Error) as exc:
         if os.environ.get("EMODIR_DEBUG") == "1":
             raise
         err.print(
-            f"[red]error:[/] {esc(str(exc))}  [dim](EMODIR_DEBUG=1 shows the traceback)[/]", highlight=False
+            f"[red]error:[/] {esc(_one_line(exc))}  [dim](EMODIR_DEBUG=1 shows the traceback)[/]",
+            highlight=False,
         )
         return 1
     except typer.Abort:

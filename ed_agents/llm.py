@@ -27,6 +27,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
+from ed_agents.deadline import deadline_client
 from ed_agents.errors import LLMUnavailableError
 from ed_agents.prompts import PromptFile
 from ed_agents.settings import Settings
@@ -60,6 +61,7 @@ def make_chat_model(settings: Settings) -> BaseChatModel:
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
         timeout=settings.llm_timeout_s,
+        http_client=deadline_client(settings.llm_timeout_s),  # a total deadline, not one per read
         max_retries=0,  # StructuredLLM retries itself, so the backoff is ours and tested
         seed=settings.seed,
     )
@@ -320,7 +322,7 @@ class StructuredLLM:
                     raise LLMCallError(f"{node}: unusable output after repair: {exc}", trace) from None
                 # The example is what got copied: ask again without it (a repair turn would show it again).
                 messages = [messages[0], messages[-1]]
-                refs.append(repair)
+                refs.append(prompt)
             except ValueError as exc:
                 error = _short_error(exc)
                 earlier = f"{trace[-1].error}; " if trace[-1].error else ""  # e.g. cut off at max_tokens

@@ -161,22 +161,40 @@ def _is_loopback_url(url: str) -> bool:
         return False
 
 
-def served_models(base_url: str, timeout: float = 2.0) -> list[str] | None:
+# How long a client waits for a server that accepted the connection but is slow to list its models.
+BUSY_PATIENCE_S = 90.0
+
+
+def served_models(base_url: str, timeout: float = 2.0, patience: float = BUSY_PATIENCE_S) -> list[str] | None:
     """Model ids listed by ``GET {base_url}/models``.
+
+    A busy server is not a dead one: a server that accepts the connection but answers slowly (a 2-core
+    vLLM generating for several clients takes seconds) is asked again with doubling timeouts for up to
+    ``patience`` seconds; only a refused connection (or an error answer) means "no server" at once.
 
     Args:
         base_url: OpenAI-compatible base URL ending in ``/v1``.
-        timeout: Seconds for connect and read.
+        timeout: Seconds for connect and read of the first try.
+        patience: Total seconds to wait for a server that is there but slow.
 
     Returns:
         The ids, or ``None`` if the server does not answer 200 with an OpenAI model list.
     """
     # Proxy variables must not capture loopback traffic; remote servers keep the normal behaviour.
-    try:
-        with httpx.Client(timeout=timeout, trust_env=not _is_loopback_url(base_url)) as client:
-            response = client.get(f"{base_url.rstrip('/')}/models")
-    except httpx.HTTPError:
-        return None
+    deadline = time.monotonic() + patience
+    wait = timeout
+    while True:
+        try:
+            with httpx.Client(timeout=wait, trust_env=not _is_loopback_url(base_url)) as client:
+                response = client.get(f"{base_url.rstrip('/')}/models")
+            break
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):  # connected: busy, not dead
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            wait = min(wait * 2, left)
+        except httpx.HTTPError:
+            return None
     if response.status_code != 200:
         return None
     try:

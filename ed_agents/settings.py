@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     )
     llm_model: str = Field("smollm2", description="Model name sent to the server.")
     llm_api_key: str = Field("EMPTY", description="API key (vLLM ignores it unless started with --api-key).")
-    llm_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
+    llm_timeout_s: float = Field(
+        120.0, gt=0, description="Total deadline per request in seconds (headers and body together)."
+    )
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries on transport errors, with backoff.")
     llm_backoff_s: float = Field(0.5, ge=0, description="First backoff delay; doubles on each retry.")
     llm_concurrency: int = Field(8, ge=1, le=256, description="Maximum LLM requests in flight at once.")

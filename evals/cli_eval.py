@@ -21,6 +21,7 @@ from rich.table import Table
 from ed_agents.errors import InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.atomic import write_text_atomic
+from ed_common.paths import check_writable
 from evals.records import SampleRecord
 from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
 from evals.shards import (
@@ -106,6 +107,7 @@ def eval_run(
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
     shard = detect_shard()
     out = _out_dir(out, settings, suite, shard)
+    check_writable(out)
     if not resume:
         check_fresh_out_dir(out, shard)
     prompts = PromptLibrary.load(settings.prompts_dir)
@@ -194,13 +196,22 @@ def eval_report(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories; the first is the baseline for deltas.")
     ],
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the table as Markdown here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the table as Markdown here (a new .md file).")
+    ] = None,
     metrics: Annotated[
         str | None,
         typer.Option(help="Comma-separated metrics to compare (default: all but per-stage costs)."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
 ) -> None:
     """Summarise one run, or compare runs side by side with deltas (merging unmerged shards first)."""
+    if out is not None:  # before any work: a report must never replace what someone wrote
+        if out.suffix.lower() not in (".md", ".markdown"):
+            raise InvalidInputError(f"--out {out}: the table is written as Markdown; give a .md path")
+        if out.exists() and not overwrite:
+            raise InvalidInputError(f"--out {out} already exists; pass --overwrite to replace it")
+        check_writable(out, directory=False)
     summaries = [load_run(run) for run in runs]
     labels = [run.name or str(run) for run in runs]
     if len(set(labels)) != len(labels):  # same directory names in different places: number them

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -23,12 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
+from ed_diffusion.training.checkpoints import (
+    check_resumable,
+    checkpoints,
+    latest_checkpoint,
+    set_aside,
+    truncate_metrics,
+)
 from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig
 from ed_diffusion.training.data import (
     PreferencePair,
@@ -424,9 +433,7 @@ def train(
             f"output_dir {out} already has checkpoints ({last.name}); resume, or choose a new output_dir"
         )
     if last is not None:
-        start_step = _load_checkpoint(last, cfg, m, optimizer, lr_sched)
-        _truncate_metrics(out / "metrics.jsonl", start_step)  # rows past the checkpoint are redone
-        log.info("resumed from %s at step %d", last, start_step)
+        start_step = _resume(out, cfg, m, optimizer, lr_sched, accelerator.is_main_process)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
@@ -568,13 +575,31 @@ def pairs_from_samples(samples: Sequence[EmotionSample], seed: int) -> list[Pref
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint directory in ``out`` (``checkpoint-<step>``), or None."""
-    found = sorted(
-        (p for p in out.glob("checkpoint-*") if (p / "state.json").is_file()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return found[-1] if found else None
+# What reading a torn or corrupt checkpoint raises (safetensors, torch.load with weights_only, json).
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+def _resume(out: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any, main: bool) -> int:
+    """Load the newest readable checkpoint that ``cfg`` can resume exactly; return its step.
+
+    A config that differs where it matters is refused (``check_resumable``); an unreadable checkpoint is
+    set aside and the one before it tried, so one torn write does not make a run unresumable.
+    """
+    for ckpt in reversed(checkpoints(out)):
+        check_resumable(ckpt, cfg)  # a mismatch is the user's choice to undo, never skipped over
+        try:
+            step = _load_checkpoint(ckpt, cfg, m, optimizer, lr_sched)
+        except _UNREADABLE as exc:  # torn or corrupt files
+            log.warning("checkpoint %s is unreadable (%s); trying the one before", ckpt.name, exc)
+            if main:
+                set_aside(ckpt)
+            continue
+        torn = truncate_metrics(out / "metrics.jsonl", step) if main else 0  # rows past it are redone
+        if torn:
+            log.warning("dropped %d torn line(s) of metrics.jsonl", torn)
+        log.info("resumed from %s at step %d", ckpt, step)
+        return step
+    raise ConfigError(f"no checkpoint in {out} could be read; move them away to start over")
 
 
 def _save_checkpoint(
@@ -642,13 +667,6 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, m: _Models, optimizer: Any, l
     return int(info["step"])
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(f"{line}\n" for line in keep))
-
-
 def _adapter_state(path: Path, unet: Any) -> list[tuple[Tensor, Tensor]]:
     from safetensors.torch import load_file
 
@@ -667,10 +685,7 @@ def _adapter_state(path: Path, unet: Any) -> list[tuple[Tensor, Tensor]]:
 
 
 def _rotate(out: Path, keep_last: int) -> None:
-    found = sorted(
-        (p for p in out.glob("checkpoint-*") if (p / "state.json").is_file()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
+    found = checkpoints(out)
     for old in found[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -91,6 +91,7 @@ def test_reply_copying_the_worked_example_is_asked_again_without_it(prompt_libra
     assert "copies the worked example" in str(result.trace[0].error)
     retry = chat.calls[1]["messages"]
     assert len(retry) == 2 and example.user not in str(retry[1].content)  # no example the second time
+    assert [t.prompt_id for t in result.trace] == ["understand", "understand"]  # the same task, asked again
 
 
 def test_structured_call_repairs_once(prompt_library: PromptLibrary) -> None:
