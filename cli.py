@@ -870,7 +870,7 @@ def _one_line(exc: BaseException) -> str:
     """Our errors as they are; a filesystem or database error with the path it concerns."""
     if isinstance(exc, OSError) and not isinstance(exc, EmodirError):
         where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror or type(exc).__name__}{where}"
+        return f"{exc.strerror or ' '.join(str(exc).split()) or type(exc).__name__}{where}"
     if isinstance(exc, sqlite3.Error):
         return f"the session store failed: {exc}"
     return " ".join(str(exc).split())

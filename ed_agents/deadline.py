@@ -2,8 +2,10 @@
 
 httpx's timeouts are per operation: a read timeout of 120 s lets a server that sends one byte every
 100 s hold a request open for hours. ``DeadlineTransport`` measures each request from its start and fails
-it with ``httpx.ReadTimeout`` once the deadline passes while the response still arrives, so a dripping
-server costs at most the deadline (per attempt; the client's retries are bounded too).
+it with ``httpx.ReadTimeout`` at the first chunk that arrives after the deadline, so a dripping server
+costs about the deadline (at most the deadline plus one read timeout; per attempt, and the client's
+retries are bounded too). Headers are read before the body's check starts: a server that drips its
+headers is bounded by the read timeout alone.
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ import contextlib
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ed_agents.anchors import STOPWORDS, words
+from ed_agents.anchors import words
 from ed_agents.channels import channel_of
+from ed_agents.lexicon import NEGATIVE_HINT, VISUAL
 from ed_agents.llm import string_leaves
 from ed_agents.prompts import PromptLibrary
-from ed_agents.provenance import split_clauses
+from ed_agents.provenance import content, split_clauses
 from ed_agents.state import REPLY_SCHEMAS, VISUAL_CHANNELS
 
 # Multi-word field names that no natural prompt says (``color palette`` does, so it is only a leak with
@@ -63,23 +64,42 @@ class LeakChecker:
                 grams.update(
                     tuple(ws[i : i + INSTRUCTION_NGRAM]) for i in range(len(ws) - INSTRUCTION_NGRAM + 1)
                 )
-            if f.example is not None:
-                with contextlib.suppress(json.JSONDecodeError):  # prompts check reports it
-                    # Specific phrases only: a one-word leaf ("red", "two") is any prompt's word too.
-                    leaves = string_leaves(json.loads(f.example.reply))
-                    phrases.update(_key(s) for s in leaves if len(_content(s)) >= 2)
-                scene = re.search(r"<user_prompt>(.*?)</user_prompt>", f.example.user, re.DOTALL)
-                if scene and f.meta.output in _SCENE_TASKS:
-                    # Generic visual words ("field", "red") are every prompt's; the scene's subject is not.
-                    subjects.update(w for w in _content(scene.group(1)) if channel_of(w) is None)
+            if f.example is None:
+                continue
+            leaves: list[str] = []
+            with contextlib.suppress(json.JSONDecodeError):  # prompts check reports it
+                leaves = string_leaves(json.loads(f.example.reply))
+            # Specific phrases only: a one-word leaf ("red", "two") is any prompt's word too.
+            phrases.update(_key(s) for s in leaves if len(content(s)) >= 2)
+            scene = re.search(r"<user_prompt>(.*?)</user_prompt>", f.example.user, re.DOTALL)
+            if scene and f.meta.output in _SCENE_TASKS:
+                # The example's subject is the scene word its own answer repeats ("lighthouse"); the
+                # scene's other words ("rocky", "coast") are any prompt's words too.
+                answer = {w for s in leaves for w in content(s)}
+                subjects.update(w for w in content(scene.group(1)) if w in answer and channel_of(w) is None)
+        # The built-in lexicon's phrases are ours, not copies: the fallbacks and negative hints use them.
+        phrases -= _LEXICON_PHRASES
         return cls(frozenset(grams), frozenset(phrases) - {""}, frozenset(subjects))
 
-    def leaking_clauses(self, prompt: str, user_prompt: str) -> list[str]:
-        """The comma-separated clauses of ``prompt`` that leak; the user's own words never count."""
-        user = _content(user_prompt)
-        return [c for c in split_clauses(prompt) if not _content(c) <= user and self.leaks(c, [user_prompt])]
+    def leaking_clauses(
+        self, prompt: str, user_prompt: str, allowed: Sequence[str] = (), *, examples: bool = True
+    ) -> list[str]:
+        """The comma-separated clauses of ``prompt`` that leak.
 
-    def leaks(self, clause: str, allowed: Iterable[str] = ()) -> list[str]:
+        The user's own words never count: clauses made only of them are kept, and words of the user's
+        prompt or of ``allowed`` texts (the steering feedback) are never a leak inside a clause.
+        ``examples=False`` skips the worked-example rules (a negative prompt may well say "bright
+        sunshine" like the example does: avoiding something is no copy of a scene).
+        """
+        user = content(user_prompt)
+        texts = [user_prompt, *allowed]
+        return [
+            c
+            for c in split_clauses(prompt)
+            if not (content(c) and content(c) <= user) and self.leaks(c, texts, examples=examples)
+        ]
+
+    def leaks(self, clause: str, allowed: Iterable[str] = (), *, examples: bool = True) -> list[str]:
         """Why ``clause`` is a leak (empty if it is not); words of ``allowed`` texts never count.
 
         Args:
@@ -110,13 +130,14 @@ class LeakChecker:
         copied = [g for g in grams if g in self.instruction_ngrams and not set(g) <= allowed_words]
         if copied:
             found.append(f"instruction text {' '.join(copied[0])!r}")
-        allowed_keys = {_key(text) for text in allowed}
-        key = _key(clause)
-        if key in self.example_phrases and key not in allowed_keys and not _content(clause) <= allowed_words:
-            found.append(f"worked-example text {clause.strip()!r}")
-        borrowed = sorted((_content(clause) & self.example_subjects) - allowed_words)
-        if borrowed:
-            found.append(f"the worked example's scene {borrowed[0]!r}")
+        if examples:
+            key = _key(clause)
+            theirs = key in {_key(text) for text in allowed} or content(clause) <= allowed_words
+            if key in self.example_phrases and not theirs:
+                found.append(f"worked-example text {clause.strip()!r}")
+            borrowed = sorted((content(clause) & self.example_subjects) - allowed_words)
+            if borrowed:
+                found.append(f"the worked example's scene {borrowed[0]!r}")
         if _SNAKE_CASE.search(clause):
             found.append(f"key-like word {_SNAKE_CASE.search(clause).group(0)!r}")  # type: ignore[union-attr]
         return found
@@ -126,8 +147,14 @@ def _key(text: str) -> str:
     return " ".join(words(text))
 
 
-def _content(text: str) -> set[str]:
-    return {w for w in words(text) if w not in STOPWORDS}
+_LEXICON_PHRASES = frozenset(
+    _key(p)
+    for phrases in [
+        *(items for v in VISUAL.values() for items in v.channel_items().values()),
+        *(hint.split(",") for hint in NEGATIVE_HINT.values()),
+    ]
+    for p in phrases
+)
 
 
 @functools.cache

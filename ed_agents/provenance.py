@@ -15,7 +15,8 @@ from ed_agents.anchors import STOPWORDS, words
 from ed_agents.channels import channel_of
 from ed_agents.state import ConceptChain, PersonaReaction, PhraseSource, PromptPhrase
 
-# Share of a clause's content words that must occur in one input phrase for the clause to come from it.
+# Share of a clause's content words that must occur in one input phrase for the clause to come from it
+# (and at least two of them when the clause has two or more).
 MATCH_SHARE = 0.5
 
 
@@ -60,9 +61,11 @@ def trace_phrase(phrase: str, pool: Sequence[Candidate], channel: str | None = N
     mine = content(phrase)
     best: Candidate | None = None
     best_share = 0.0
+    needed = min(2, len(mine))  # one shared word ("soft") is not an origin for "soft light"
     for cand in pool:
-        share = len(mine & content(cand.text)) / len(mine) if mine else 0.0
-        if share >= MATCH_SHARE and share > best_share:
+        shared = len(mine & content(cand.text))
+        share = shared / len(mine) if mine else 0.0
+        if shared >= needed and share >= MATCH_SHARE and share > best_share:
             best, best_share = cand, share
     if best is None:
         return PromptPhrase(phrase=phrase, channel=channel or channel_of(phrase))

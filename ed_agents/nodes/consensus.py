@@ -24,7 +24,7 @@ from ed_agents.lexicon import NEGATIVE_HINT
 from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import current_reactions, format_concepts, format_reactions, note
 from ed_agents.provenance import candidates, content, trace_phrase
-from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State, TraceEntry
+from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
 from ed_common.emotions import parse_emotion
 
 MIN_DETAILS = 4
@@ -96,11 +96,6 @@ def top_up(
     return added
 
 
-def _as_repair(trace: list[TraceEntry]) -> list[TraceEntry]:
-    # The second opinion is a repair of the stage's output: counted as an attempt-2 call.
-    return [t.model_copy(update={"attempt": max(t.attempt, 2)}) for t in trace]
-
-
 def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Ask for the details; keep the usable ones, top them up to the floors, or compose them on failure."""
     ctx = context_of(runtime)
@@ -129,40 +124,27 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     details: list[str] = []
     dropped: list[str] = []
     avoid: list[str] = []
-    trace: list[TraceEntry] = []
     outcome: StageOutcome = "fallback"
-    # A second call without the worked example when the first left too few usable slots: a small model
-    # often fills slots with the example's own phrases, which are dropped as leaks.
-    for attempt, with_example in enumerate((True, False)):
-        try:
-            result = ctx.llm.call(
-                ctx.prompts.get("tasks/consensus"),
-                ConsensusReply,
-                node="write_consensus",
-                run_index=run,
-                repair=ctx.prompts.get("tasks/repair_output"),
-                with_example=with_example,
-                variables=variables,
-            )
-        except LLMCallError as exc:
-            trace.extend(exc.trace)
-            if attempt == 0:
-                warnings.append(
-                    f"consensus failed ({exc}); composed the details from the personas and concepts"
-                )
-            break
-        trace.extend(result.trace if attempt == 0 else _as_repair(result.trace))
+    try:
+        result = ctx.llm.call(
+            ctx.prompts.get("tasks/consensus"),
+            ConsensusReply,
+            node="write_consensus",
+            run_index=run,
+            repair=ctx.prompts.get("tasks/repair_output"),
+            variables=variables,
+        )
+    except LLMCallError as exc:
+        trace = list(exc.trace)
+        warnings.append(f"consensus failed ({exc}); composed the details from the personas and concepts")
+    else:
+        trace = list(result.trace)
         slots = result.value.details()
-        kept, gone = usable_details([d for d, _ in slots], user_prompt, checker)
-        new = [d for d in kept if _key(d) not in {_key(x) for x in details}]
-        details += new
-        dropped += gone
-        avoid = avoid or usable_details(result.value.avoid, "", checker)[0]
+        details, dropped = usable_details([d for d, _ in slots], user_prompt, checker)
+        avoid, _ = usable_details(result.value.avoid, "", checker)
         # A slot's phrase fills the channel the slot asks for (the model was asked for a palette there).
         labels |= {_key(d): c for d, c in slots if c and _key(d) not in labels}
-        outcome = result.outcome if attempt == 0 else "repaired"
-        if len(details) >= MIN_DETAILS and len(channels_of(details, labels)) >= MIN_CHANNELS:
-            break
+        outcome = result.outcome
     added = top_up(details, user_prompt, reactions, chain, checker, labels)
     if added and outcome != "fallback":
         outcome = "topped_up"
@@ -170,6 +152,8 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             f"the consensus gave {len(details)} usable detail(s) over {len(channels_of(details, labels))} "
             f"channel(s); added {len(added)} from the personas and concepts"
         )
+    if not details and not added:
+        warnings.append("no usable visual detail from the consensus, the personas or the chain of concept")
     draft = ", ".join([user_prompt, *details, *added])
     trace.append(
         note(run, "write_consensus", f"{outcome}: kept {details}, added {added}, dropped {dropped}", outcome)

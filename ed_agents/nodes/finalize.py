@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -10,7 +11,7 @@ from ed_agents.anchors import enforce_anchors, fit_budget, missing_anchors
 from ed_agents.context import Context, context_of
 from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.llm import LLMCallError
-from ed_agents.nodes.common import note
+from ed_agents.nodes.common import current_reactions, note
 from ed_agents.provenance import added_phrases, split_clauses
 from ed_agents.state import HistoryEntry, PersonaReaction, RevisedPrompt, State, UsedIdea
 from ed_common.emotions import parse_emotion
@@ -62,16 +63,20 @@ def repair_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return update
 
 
-def latest_reactions(state: State) -> list[PersonaReaction]:
-    """The reactions of the newest run that had personas (a revision keeps the ones it revises)."""
+def source_reactions(state: State) -> list[PersonaReaction]:
+    """The reactions a final prompt may come from: this run's, or for a revision the newest run's."""
+    if state.get("mode", "new") == "new":
+        return current_reactions(state)  # never credit personas of an earlier run
     reactions = state.get("persona_reactions", [])
     newest = max((r.run_index for r in reactions), default=None)
     return [r for r in reactions if r.run_index == newest]
 
 
-def strip_leaks(prompt: str, user_prompt: str, checker: LeakChecker) -> tuple[str, list[str]]:
+def strip_leaks(
+    prompt: str, user_prompt: str, checker: LeakChecker, allowed: Sequence[str] = (), *, examples: bool = True
+) -> tuple[str, list[str]]:
     """Drop the clauses that leak schema words, JSON or instruction text; return the prompt and them."""
-    stripped = checker.leaking_clauses(prompt, user_prompt)
+    stripped = checker.leaking_clauses(prompt, user_prompt, allowed, examples=examples)
     return ", ".join(c for c in split_clauses(prompt) if c not in stripped), stripped
 
 
@@ -81,7 +86,9 @@ def finalize_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     run = state.get("run_index", 0)
     anchors = state.get("anchors", [])
     checker = leak_checker(ctx.prompts)
-    draft, stripped = strip_leaks(state.get("draft_prompt", ""), state["user_prompt"], checker)
+    feedback = state.get("feedback", [])
+    # What the user asked for in feedback ("add a lighthouse") is theirs, never a leak.
+    draft, stripped = strip_leaks(state.get("draft_prompt", ""), state["user_prompt"], checker, feedback)
     draft = draft or state["user_prompt"]
     fixed = enforce_anchors(draft, state["user_prompt"], anchors)
     notes = [f"stripped leaking clauses {stripped}"] if stripped else []
@@ -90,17 +97,16 @@ def finalize_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     final, dropped = fit_budget(fixed, anchors, ctx.tokens, ctx.token_budget)
     if dropped:
         notes.append(f"fit to {ctx.token_budget} CLIP tokens, dropped {dropped}")
-    negative, _ = strip_leaks(state.get("draft_negative", ""), "", checker)
+    negative, _ = strip_leaks(state.get("draft_negative", ""), "", checker, examples=False)
     negative, _ = fit_budget(negative, [], ctx.tokens, ctx.token_budget)
     phrases = added_phrases(
         final,
         state["user_prompt"],
-        latest_reactions(state),
+        source_reactions(state),
         state.get("concepts"),
         known=state.get("prompt_phrases", []),
     )
     used = [UsedIdea(persona_id=p.persona_id, idea=p.phrase) for p in phrases if p.persona_id]
-    feedback = state.get("feedback", [])
     mode = state.get("mode", "new")
     entry = HistoryEntry(
         run_index=run,

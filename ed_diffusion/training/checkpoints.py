@@ -43,7 +43,7 @@ def check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
     Raises:
         ResumeMismatchError: the checkpoint belongs to another kind of run, or ``cfg`` changed a field
             outside ``RESUME_MAY_CHANGE`` (the message names every changed field, old and new value).
-        OSError, ConfigError: the checkpoint's config cannot be read (the caller treats it as corrupt).
+        OSError, ConfigError: the checkpoint's config cannot be read (the trainer treats it as corrupt).
     """
     path = checkpoint / "config.toml"
     header = path.read_text(encoding="utf-8").splitlines()[:1]

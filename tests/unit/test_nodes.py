@@ -398,30 +398,3 @@ def test_revise_ignores_feedback_given_on_an_earlier_prompt(make_context: Any) -
     revise_prompt(state, _rt(make_context(chat)))
     user = chat.calls[0]["messages"][-1].content
     assert "- darker" in user and "dog" not in user
-
-
-def test_consensus_asks_again_without_the_example_when_it_leaned_on_it(make_context: Any) -> None:
-    leaning = _consensus(
-        palette="slate grey and faded white",  # two of the worked example's slots, word for word
-        light="dim overcast light",
-        pose="angry dog",  # the user's own words add nothing
-        setting="ash",
-        detail="dog",
-    )
-    fresh = _consensus(
-        palette="blood red and black",
-        light="harsh side light",
-        pose="dog with bared teeth",
-        setting="storm clouds overhead",
-    )
-    chat = SchemaFakeChatModel(script={"ConsensusReply": [leaning, fresh]})
-    out = write_consensus(_consensus_state("an angry dog"), _rt(make_context(chat)))
-    first, second = chat.calls_for("ConsensusReply")
-    assert len(first["messages"]) == 4 and len(second["messages"]) == 2  # no example the second time
-    assert out["draft_prompt"] == (
-        "an angry dog, ash, blood red and black, harsh side light, dog with bared teeth, "
-        "storm clouds overhead"
-    )
-    assert "slate grey" not in out["draft_prompt"]
-    assert out["trace"][-1].outcome == "repaired"
-    assert [t.attempt for t in out["trace"] if t.model] == [1, 2]
