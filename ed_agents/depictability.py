@@ -38,6 +38,7 @@ def is_depictable(phrase: str) -> bool:
         0 < len(ws) <= MAX_PHRASE_WORDS
         and not any(w in NON_DEPICTABLE for w in ws)
         and not is_degenerate(phrase)
+        and any(len(w) >= 3 and w not in STOPWORDS for w in ws)  # "l", "a l": a cut-off token, no picture
     )
 
 

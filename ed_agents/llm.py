@@ -187,16 +187,20 @@ def string_leaves(data: Any) -> list[str]:
 
 
 def copies_example(reply: Any, example_reply: str) -> bool:
-    """Whether at least half of the reply's phrases are phrases of the worked example, word for word.
+    """Whether at least half of the reply's words sit in phrases copied from the worked example.
 
-    Only phrases of two or more words count: one word ("red", "two") may well be the right answer.
+    Phrases are weighed by their words, so a long answer that shares one short phrase with the example
+    (a negative prompt of "bright sunshine") is still an answer; one-word phrases never count ("red",
+    "two" may well be the right answer).
     """
     try:
         example = {_norm(s) for s in string_leaves(json.loads(example_reply))}
     except json.JSONDecodeError:
         return False
     leaves = [n for n in (_norm(s) for s in string_leaves(reply)) if len(n.split()) >= 2]
-    return bool(leaves) and 2 * sum(n in example for n in leaves) >= len(leaves)
+    total = sum(len(n.split()) for n in leaves)
+    copied = sum(len(n.split()) for n in leaves if n in example)
+    return total > 0 and 2 * copied >= total
 
 
 def _norm(text: str) -> str:

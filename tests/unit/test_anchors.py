@@ -77,3 +77,11 @@ def test_depictability_filter_separates_visible_from_invisible() -> None:
     assert kept == ["crimson storm clouds", "clenched fists", "wilted flowers on an empty chair"]
     assert dropped == ["a sense of dread", "distant thunder sound", "feeling sad", "nostalgia"]
     assert not is_depictable("one two three four five six seven eight nine")
+
+
+def test_depictability_drops_small_model_debris() -> None:
+    # Loops and cut-off tokens a 135M model leaves in its phrases: nothing a painter could paint.
+    for debris in ("red light red red", "foam foam", "l", "a l", "ii"):
+        assert not is_depictable(debris), debris
+    for phrase in ("red", "ink black", "a torn leash", "fog"):
+        assert is_depictable(phrase), phrase

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from ed_agents.errors import LLMUnavailableError
-from ed_agents.llm import LLMCallError, StructuredLLM, extract_json_object, parse_structured
+from ed_agents.llm import LLMCallError, StructuredLLM, copies_example, extract_json_object, parse_structured
 from ed_agents.prompts import PromptLibrary
 from ed_agents.state import ContentAnchors, PersonaReply
 from tests.fakes.fake_chat import SchemaFakeChatModel
@@ -240,3 +240,21 @@ def test_http_errors_are_not_retried_and_are_one_line(prompt_library: PromptLibr
     with pytest.raises(LLMCallError, match="HTTP 400") as info:
         _call(_llm(SchemaFakeChatModel(script={"ContentAnchors": too_long}), sleeps), prompt_library)
     assert sleeps == [] and info.value.trace[-1].error.startswith("HTTP 400")
+
+
+def test_an_answer_sharing_one_short_phrase_with_the_example_is_still_an_answer() -> None:
+    example = json.dumps(
+        {
+            "final_prompt": "a lighthouse on a rocky coast, slate grey sky",
+            "negative_prompt": "bright sunshine",
+        }
+    )
+    own = {
+        "final_prompt": "a dog on a porch, blood red sky, bared teeth, storm clouds",
+        "negative_prompt": "bright sunshine",
+    }
+    assert not copies_example(own, example)
+    assert copies_example(json.loads(example), example)
+    assert not copies_example(
+        {"subjects": ["red"], "attributes": ["two"]}, '{"subjects": ["red"], "attributes": ["two"]}'
+    )
