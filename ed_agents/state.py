@@ -218,8 +218,10 @@ class ConsensusReply(_Out):
 class RevisedPrompt(_Out):
     """A prompt revised from user feedback, or repaired to restore content anchors."""
 
-    final_prompt: str = Field(description="The revised image prompt.", max_length=600)
-    negative_prompt: str = Field(default="", description="Updated negative prompt.", max_length=300)
+    # Bounded near the text encoder's 77 tokens (~350 characters), so a reply fits its max_tokens: a reply
+    # cut off at max_tokens is repaired, and a small model repairs by copying the worked example.
+    final_prompt: str = Field(description="The revised image prompt.", max_length=400)
+    negative_prompt: str = Field(default="", description="Updated negative prompt.", max_length=160)
 
 
 # Reply schemas by the name a task file's ``output`` gives (``emodir prompts check`` validates its example).
