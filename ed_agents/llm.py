@@ -94,6 +94,11 @@ class CallResult(Generic[T]):
         return "repaired" if self.repaired else "used"
 
 
+CUT_OFF = "reply cut off at max_tokens"
+# OpenAI frequency penalty for the second try after a reply ran into max_tokens (measured on SmolLM2-135M:
+# 0.5 ends the "a dark, a dark, ..." loops that otherwise fill every bounded field).
+LOOP_PENALTY = 0.5
+
 # Longest string the server may generate for one list item; fields bound their own strings.
 MAX_ITEM_CHARS = 60
 
@@ -327,12 +332,19 @@ class StructuredLLM:
                 refs.append(prompt)
             except ValueError as exc:
                 error = _short_error(exc)
+                cut_off = trace[-1].error == CUT_OFF
                 earlier = f"{trace[-1].error}; " if trace[-1].error else ""  # e.g. cut off at max_tokens
                 trace[-1] = trace[-1].model_copy(
                     update={"ok": False, "error": f"{earlier}unusable output: {error}"}
                 )
                 if attempt == 2 or repair is None:
                     raise LLMCallError(f"{node}: unusable output after repair: {error}", trace) from None
+                if cut_off:
+                    # A small model cut off at max_tokens was looping ("a dark, a dark, ..."); a repair turn
+                    # after an empty reply gets the worked example copied back. Ask again, penalising repeats.
+                    overrides = {**overrides, "frequency_penalty": LOOP_PENALTY}
+                    refs.append(prompt)
+                    continue
                 fix = repair.render(error=error, bad_output=text[:2000], **variables)
                 messages = [*messages, AIMessage(text), HumanMessage(fix.user)]
                 refs.append(repair)
@@ -387,11 +399,7 @@ class StructuredLLM:
                 with self._slots:
                     reply = runnable.invoke(messages)
             except openai.LengthFinishReasonError:
-                trace.append(
-                    entry(
-                        latency_s=time.perf_counter() - start, ok=False, error="reply cut off at max_tokens"
-                    )
-                )
+                trace.append(entry(latency_s=time.perf_counter() - start, ok=False, error=CUT_OFF))
                 return ""  # parsed as unusable -> repair turn
             except _TRANSIENT as exc:
                 elapsed = time.perf_counter() - start

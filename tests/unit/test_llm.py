@@ -258,3 +258,33 @@ def test_an_answer_sharing_one_short_phrase_with_the_example_is_still_an_answer(
     assert not copies_example(
         {"subjects": ["red"], "attributes": ["two"]}, '{"subjects": ["red"], "attributes": ["two"]}'
     )
+
+
+def test_a_reply_cut_off_at_max_tokens_is_asked_again_with_a_repeat_penalty(
+    prompt_library: PromptLibrary,
+) -> None:
+    from openai.types.chat import ChatCompletion
+
+    cut = ChatCompletion.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "smollm2",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {"role": "assistant", "content": "a dark, a dark"},
+                }
+            ],
+        }
+    )
+    chat = SchemaFakeChatModel(
+        script={"ContentAnchors": [openai.LengthFinishReasonError(completion=cut), GOOD]}
+    )
+    result = _call(_llm(chat), prompt_library)
+    assert result.value.attributes == ["angry"] and result.repaired
+    first, second = chat.calls
+    assert "frequency_penalty" not in first["kwargs"] and second["kwargs"]["frequency_penalty"] == 0.5
+    assert second["messages"] == first["messages"]  # asked again, not a repair turn after an empty reply
