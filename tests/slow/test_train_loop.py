@@ -14,16 +14,6 @@ from ed_diffusion.training.loop import TrainingDivergedError, latest_checkpoint,
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ed_diffusion.pipeline import resolve_preset
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("cache")
-    resolve_preset("tiny", root)
-    return root
-
-
 def test_sft_resume_continues_exactly(cache: Path, tmp_path: Path) -> None:
     common = dict(max_steps=6, batch_size=2, checkpoint_every=3, log_every=1, learning_rate=1e-3, seed=4)
     full = train(SFTTrainConfig(output_dir=str(tmp_path / "full"), **common), cache_dir=cache)  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from ed_diffusion.training.checkpoints import ResumeMismatchError
 from ed_diffusion.training.config import DPOTrainConfig, SFTTrainConfig
@@ -17,16 +16,6 @@ pytestmark = pytest.mark.slow
 COMMON: dict[str, Any] = dict(
     max_steps=4, batch_size=2, checkpoint_every=2, log_every=1, learning_rate=1e-3, seed=4
 )
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ed_diffusion.pipeline import resolve_preset
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("cache")
-    resolve_preset("tiny", root)
-    return root
 
 
 @pytest.fixture(scope="module")
