@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape as esc
 from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.table import Table
@@ -25,6 +24,7 @@ from ed_agents.errors import EmodirError, InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.paths import check_writable
+from ed_common.text import esc
 from evals.cli_eval import eval_app
 
 app = typer.Typer(

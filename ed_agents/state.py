@@ -16,6 +16,7 @@ from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ed_common.emotions import Emotion
+from ed_common.text import strip_control
 
 VISUAL_CHANNELS: tuple[str, ...] = (
     "color_palette",
@@ -46,6 +47,11 @@ class _Out(BaseModel):
             if value is None:
                 continue
             is_list = get_origin(info.annotation) is list
+            # The model's text is printed and becomes an image prompt: no control characters in it.
+            if isinstance(value, str):
+                value = strip_control(value)
+            elif isinstance(value, list):
+                value = [strip_control(v) if isinstance(v, str) else v for v in value]
             if is_list and isinstance(value, str):
                 value = [p.strip() for p in re.split(r"[;,\n]", value) if p.strip()]
             elif info.annotation is str and isinstance(value, list):

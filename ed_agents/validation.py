@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from ed_agents.anchors import TokenCounter
 from ed_agents.errors import InvalidInputError
 from ed_common.emotions import Emotion, parse_emotion
+from ed_common.text import first_control
 
 
 def check_request(user_prompt: str, emotion: str | Emotion, tokens: TokenCounter, max_tokens: int) -> Emotion:
@@ -18,6 +19,11 @@ def check_request(user_prompt: str, emotion: str | Emotion, tokens: TokenCounter
     """
     if not user_prompt or not user_prompt.strip():
         raise InvalidInputError("the prompt is empty; give a content prompt such as 'an angry dog'")
+    if (control := first_control(user_prompt)) is not None:
+        raise InvalidInputError(
+            f"the prompt contains the control character {control!r}; allowed: printable text (tabs and "
+            "newlines are fine)"
+        )
     n = tokens.count(user_prompt)
     if n > max_tokens:
         raise InvalidInputError(

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape as esc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -22,6 +21,7 @@ from ed_agents.errors import InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.atomic import write_text_atomic
 from ed_common.paths import check_writable
+from ed_common.text import esc
 from evals.records import SampleRecord
 from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
 from evals.shards import (
