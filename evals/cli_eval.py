@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ed_agents.errors import InvalidInputError
+from ed_agents.errors import EmodirError, InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.atomic import write_text_atomic
 from ed_common.paths import check_writable
@@ -61,6 +62,10 @@ def _out_dir(out: Path | None, settings: Settings, suite: Suite, shard: Shard) -
     return settings.runs_dir / f"eval-{suite.name}-{stamp}"
 
 
+class EvalFailedError(EmodirError):
+    """Too many samples of a run failed for its numbers to mean much."""
+
+
 def _rich_table(t: TableData) -> Table:
     table = Table(*(esc(h) for h in t.header), title=esc(t.title))  # run labels are directory names
     for row in t.rows:
@@ -90,6 +95,10 @@ def eval_run(
             "--agents-only", help="Render nothing: run the agents, score the prompts (images_per_prompt 0)."
         ),
     ] = False,
+    max_failed: Annotated[
+        float,
+        typer.Option(help="Exit 1 when more than this share of the samples run here failed (0-1)."),
+    ] = 0.1,
 ) -> None:
     """Run a suite (sharded across processes under torchrun / accelerate launch), then score and report."""
     from ed_agents.clip_tokens import default_counter
@@ -105,6 +114,8 @@ def eval_run(
     settings = _settings(ctx, suite, suite_file, preset=preset)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
+    if not 0 <= max_failed <= 1:
+        raise InvalidInputError(f"--max-failed {max_failed}: allowed a share from 0 to 1")
     shard = detect_shard()
     out = _out_dir(out, settings, suite, shard)
     check_writable(out)
@@ -169,12 +180,22 @@ def eval_run(
             f"{done}. This process's share is finished; the last process to finish writes the report "
             f"(or run `emodir eval report {esc(str(out))}`)."
         )
-        return
-    summary = finalize_run(out, suite, read_records(out / "samples.jsonl"))
-    out_console.print(_rich_table(key_table(summary)))
-    out_console.print(
-        f"[green]done[/]: {done}. Report: {esc(str(out / 'report.html'))} (also report.md, summary.json)"
-    )
+    else:
+        records = read_records(out / "samples.jsonl")
+        summary = finalize_run(out, suite, records)
+        out_console.print(_rich_table(key_table(summary)))
+        out_console.print(
+            f"[green]done[/]: {done}. Report: {esc(str(out / 'report.html'))} (also report.md, summary.json)"
+        )
+    if outcome.ran and outcome.failed / outcome.ran > max_failed:
+        errors = Counter(
+            " ".join((r.error or "?").split())[:160] for r in read_records(out / "samples.jsonl") if not r.ok
+        )
+        common, count = errors.most_common(1)[0] if errors else ("?", 0)
+        raise EvalFailedError(
+            f"{outcome.failed} of {outcome.ran} samples failed (over --max-failed {max_failed:g}); "
+            f"most often ({count}x): {common}; see {out / 'samples.jsonl'}"
+        )
 
 
 def _renderer(settings: Settings, shard: Shard) -> Any:

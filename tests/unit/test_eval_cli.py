@@ -166,3 +166,22 @@ def test_eval_run_agents_only_renders_nothing_and_reports_agent_health(
     # The run's identity includes the flag: a resume without it is a different run.
     again = runner.invoke(app, ["eval", "run", str(suite_file), "--out", str(out), "--resume"])
     assert again.exit_code != 0
+
+
+def test_eval_run_that_mostly_fails_says_so_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(
+        "name: bad\nemotions: [fear]\nprompts: [{text: a dog}, {text: a cat}]\n"
+        "systems: [{kind: single_llm}]\nimages_per_prompt: 0\n"
+    )
+    with FakeOpenAIServer(fail_json_first=1000) as server:  # every reply is broken JSON
+        monkeypatch.setenv("EMODIR_LLM_BASE_URL", server.base_url)
+        assert main(["eval", "run", str(suite), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "2 of 2 samples failed (over --max-failed 0.1)" in line and "most often (2x)" in line
+    assert "no JSON object found in the reply" in line and "Traceback" not in err
+    assert (tmp_path / "run" / "report.md").is_file()  # the report is still written
+    assert main(["eval", "run", str(suite), "--out", str(tmp_path / "x"), "--max-failed", "2"]) == 1
