@@ -20,7 +20,7 @@ from ed_agents.channels import channel_of
 from ed_agents.lexicon import NEGATIVE_HINT, VISUAL
 from ed_agents.llm import string_leaves
 from ed_agents.prompts import PromptLibrary
-from ed_agents.provenance import content, split_clauses
+from ed_agents.provenance import content, phrase_key, split_clauses
 from ed_agents.state import REPLY_SCHEMAS, VISUAL_CHANNELS
 
 # Multi-word field names that no natural prompt says (``color palette`` does, so it is only a leak with
@@ -70,7 +70,7 @@ class LeakChecker:
             with contextlib.suppress(json.JSONDecodeError):  # prompts check reports it
                 leaves = string_leaves(json.loads(f.example.reply))
             # Specific phrases only: a one-word leaf ("red", "two") is any prompt's word too.
-            phrases.update(_key(s) for s in leaves if len(content(s)) >= 2)
+            phrases.update(phrase_key(s) for s in leaves if len(content(s)) >= 2)
             scene = re.search(r"<user_prompt>(.*?)</user_prompt>", f.example.user, re.DOTALL)
             if scene and f.meta.output in _SCENE_TASKS:
                 # The example's subject is the scene word its own answer repeats ("lighthouse"); the
@@ -107,7 +107,7 @@ class LeakChecker:
             allowed: texts the clause may legitimately repeat (the user's prompt, the real inputs).
         """
         allowed = list(allowed)
-        allowed_low = " ".join(" ".join(words(t)) for t in allowed)
+        allowed_low = " ".join(phrase_key(t) for t in allowed)
 
         def said(term: str, text: str) -> bool:
             return re.search(rf"\b{re.escape(term)}\b", text) is not None
@@ -123,7 +123,7 @@ class LeakChecker:
         found += [
             f"instruction word {w!r}"
             for w in _INSTRUCTION_WORDS
-            if said(w, low) and not said(" ".join(words(w)), allowed_low)
+            if said(w, low) and not said(phrase_key(w), allowed_low)
         ]
         allowed_words = {w for text in allowed for w in words(text)}
         grams = [tuple(ws[i : i + INSTRUCTION_NGRAM]) for i in range(len(ws) - INSTRUCTION_NGRAM + 1)]
@@ -131,8 +131,8 @@ class LeakChecker:
         if copied:
             found.append(f"instruction text {' '.join(copied[0])!r}")
         if examples:
-            key = _key(clause)
-            theirs = key in {_key(text) for text in allowed} or content(clause) <= allowed_words
+            key = phrase_key(clause)
+            theirs = key in {phrase_key(text) for text in allowed} or content(clause) <= allowed_words
             if key in self.example_phrases and not theirs:
                 found.append(f"worked-example text {clause.strip()!r}")
             borrowed = sorted((content(clause) & self.example_subjects) - allowed_words)
@@ -143,12 +143,8 @@ class LeakChecker:
         return found
 
 
-def _key(text: str) -> str:
-    return " ".join(words(text))
-
-
 _LEXICON_PHRASES = frozenset(
-    _key(p)
+    phrase_key(p)
     for phrases in [
         *(items for v in VISUAL.values() for items in v.channel_items().values()),
         *(hint.split(",") for hint in NEGATIVE_HINT.values()),

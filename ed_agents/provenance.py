@@ -30,6 +30,11 @@ class Candidate:
     channel: str | None = None
 
 
+def phrase_key(text: str) -> str:
+    """A phrase as its lower-case words, for comparing phrases regardless of case and punctuation."""
+    return " ".join(words(text))
+
+
 def content(text: str) -> set[str]:
     """Content words of ``text`` (stopwords dropped)."""
     return {w for w in words(text) if w not in STOPWORDS}

@@ -14,7 +14,6 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from ed_agents.anchors import words
 from ed_agents.channels import channel_of
 from ed_agents.context import Context, context_of
 from ed_agents.depictability import is_depictable, names_a_channel
@@ -23,7 +22,7 @@ from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.lexicon import NEGATIVE_HINT
 from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import current_reactions, format_concepts, format_reactions, note
-from ed_agents.provenance import candidates, content, trace_phrase
+from ed_agents.provenance import candidates, content, phrase_key, trace_phrase
 from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
 from ed_common.emotions import parse_emotion
 
@@ -41,7 +40,7 @@ def usable_details(
     user = content(user_prompt)
     for item in items:
         clean = " ".join(item.replace(",", " ").split()).strip(" .;:")
-        key = " ".join(words(clean))
+        key = phrase_key(clean)
         if not key or key in seen:
             continue
         seen.add(key)
@@ -55,20 +54,16 @@ def usable_details(
     return kept, dropped
 
 
-def _key(text: str) -> str:
-    return " ".join(words(text))
-
-
 def chain_labels(chain: ConceptChain | None) -> dict[str, str]:
     """Phrase key -> channel of every concept-chain phrase (the chain labels its own phrases)."""
     if chain is None:
         return {}
-    return {_key(t): c for c, items in chain.visual.channel_items().items() for t in items}
+    return {phrase_key(t): c for c, items in chain.visual.channel_items().items() for t in items}
 
 
 def channels_of(details: Sequence[str], labels: Mapping[str, str]) -> set[str]:
     """The channels ``details`` fill: a labelled phrase's own channel, else the one its words name."""
-    found = {labels.get(_key(d)) or channel_of(d) for d in details}
+    found = {labels.get(phrase_key(d)) or channel_of(d) for d in details}
     return {c for c in found if c}
 
 
@@ -82,7 +77,7 @@ def top_up(
 ) -> list[str]:
     """Details added from the inputs until the floors hold: missing channels first, personas first."""
     pool, _ = usable_details([c.text for c in candidates(reactions, chain)], user_prompt, checker)
-    pool = [p for p in pool if _key(p) not in {_key(d) for d in details}]
+    pool = [p for p in pool if phrase_key(p) not in {phrase_key(d) for d in details}]
     added: list[str] = []
     while pool and len(channels_of(details + added, labels)) < MIN_CHANNELS:
         have = channels_of(details + added, labels)
@@ -143,7 +138,7 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         details, dropped = usable_details([d for d, _ in slots], user_prompt, checker)
         avoid, _ = usable_details(result.value.avoid, "", checker)
         # A slot's phrase fills the channel the slot asks for (the model was asked for a palette there).
-        labels |= {_key(d): c for d, c in slots if c and _key(d) not in labels}
+        labels |= {phrase_key(d): c for d, c in slots if c and phrase_key(d) not in labels}
         outcome = result.outcome
     added = top_up(details, user_prompt, reactions, chain, checker, labels)
     if added and outcome != "fallback":
@@ -159,7 +154,7 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         note(run, "write_consensus", f"{outcome}: kept {details}, added {added}, dropped {dropped}", outcome)
     )
     pool = candidates(reactions, chain)
-    phrases = [trace_phrase(d, pool, labels.get(_key(d))) for d in [*details, *added]]
+    phrases = [trace_phrase(d, pool, labels.get(phrase_key(d))) for d in [*details, *added]]
     return {
         "draft_prompt": draft,
         "prompt_phrases": phrases,
