@@ -23,6 +23,7 @@ from ed_agents.chat_commands import COMMANDS, parse_command
 from ed_agents.errors import EmodirError, InvalidInputError
 from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
+from ed_common.errors import validation_line
 from ed_common.paths import check_writable
 from ed_common.text import esc
 from evals.cli_eval import eval_app
@@ -211,7 +212,11 @@ def llm_status(ctx: typer.Context) -> None:
     st = llm_server.status(server_config(settings))
     url = settings.effective_llm_base_url
     reachable = st.reachable if url == st.base_url else llm_server.is_reachable(url)
-    out.print(f"server: {'running' if st.running else 'not running'} (pid {st.pid}); model: {st.model}")
+    if st.state_problem:
+        whose = "someone's server answers" if reachable else "nothing answers"
+        out.print(f"server: [yellow]unknown[/]: {esc(st.state_problem)}; {whose} at {esc(url)}")
+    else:
+        out.print(f"server: {'running' if st.running else 'not running'} (pid {st.pid}); model: {st.model}")
     out.print(f"{url}: {'[green]reachable[/]' if reachable else '[red]unreachable[/]'}; log: {st.log}")
     if not reachable:
         raise typer.Exit(1)
@@ -312,12 +317,16 @@ def _train(ctx: typer.Context, config: Path, kind: str, resume: bool) -> None:
 
     from ed_diffusion.logs import quiet_third_party
     from ed_diffusion.training.config import DPOTrainConfig, SFTTrainConfig, load_config
-    from ed_diffusion.training.loop import train
+    from ed_diffusion.training.loop import check_inputs, train
 
     quiet_third_party()
     cfg = load_config(config, SFTTrainConfig if kind == "sft" else DPOTrainConfig)
     check_writable(Path(cfg.output_dir), flag="output_dir")
     settings = _settings(ctx)
+    try:
+        check_inputs(cfg, settings.cache_dir)
+    except EmodirError as exc:
+        raise InvalidInputError(f"{config}: {exc}") from None
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -431,16 +440,15 @@ def world_check(
 ) -> None:
     """Read emotion (colour oracle) and content (silhouette oracle) back from world images."""
     import numpy as np
-    from PIL import Image
 
+    from ed_common.image_files import read_rgb
     from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
 
     table = Table("image", "emotion", "p", "content")
     for path in images:
         if not path.is_file():
             raise InvalidInputError(f"{path} is not a file; allowed: PNG images of the world")
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        pixels = np.asarray(read_rgb(path), dtype=np.uint8)
         m = measure(pixels)  # once for both readings
         probs = emotion_posterior(m, attributes=COLOUR_ATTRIBUTES)
         best = int(np.argmax(probs))
@@ -654,6 +662,13 @@ def generate(
     if out_dir is not None and out_dir.exists():
         raise OutputExistsError(f"output path {out_dir} already exists; choose a new --out")
     check_writable(out_dir or settings.runs_dir, flag="--out" if out_dir else "runs_dir")
+    if settings.diffusion_model:  # checked now, not after the agents' minute of work
+        from ed_diffusion.model_source import check_diffusers_model
+
+        check_diffusers_model(settings.diffusion_model, "--model")
+    for flag, value in (("--bank", settings.bank), ("--adapter", settings.adapter)):
+        if value and not Path(value).expanduser().is_file():
+            raise InvalidInputError(f"{flag} {value!r} is not a file")
     try:
         options = RenderOptions(
             n_images=n,
@@ -664,7 +679,7 @@ def generate(
             out_dir=str(out_dir) if out_dir else None,
         )
     except ValueError as exc:
-        raise InvalidInputError(_pydantic_line(exc)) from None
+        raise InvalidInputError(validation_line(exc)) from None
     context = _agent_context(
         settings,
         settings.autostart and not no_autostart,
@@ -689,13 +704,6 @@ def generate(
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
 
-def _pydantic_line(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in errors())
-
-
 @app.command()
 def chat(
     ctx: typer.Context,
@@ -708,7 +716,7 @@ def chat(
     ] = False,
 ) -> None:
     """A steering chat: free text is feedback on the current prompt; /help lists commands."""
-    from graphs.session import ChatSession, open_checkpointer
+    from graphs.session import ChatSession, check_session_name, open_checkpointer, session_lock
     from graphs.session import list_sessions as stored_sessions
 
     settings = _settings(ctx, personas=_personas_option(personas))
@@ -716,9 +724,13 @@ def chat(
         names = stored_sessions(settings.sessions_db)
         out.print(esc("\n".join(names)) if names else "no saved sessions")
         return
-    context = _agent_context(settings, autostart=settings.autostart and not no_autostart)
-    with open_checkpointer(settings.sessions_db) as saver:
-        ChatRepl(ChatSession(saver, context, session), settings, emotion).loop()
+    if emotion is not None:
+        parse_emotion(emotion)
+    # Name and lock first: a bad name or a session open elsewhere fails before the server is started.
+    with session_lock(settings.sessions_db, check_session_name(session)):
+        context = _agent_context(settings, autostart=settings.autostart and not no_autostart)
+        with open_checkpointer(settings.sessions_db) as saver:
+            ChatRepl(ChatSession(saver, context, session), settings, emotion).loop()
 
 
 class ChatRepl:

@@ -47,6 +47,16 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     ConnectionError,
 )
+# An HTTP 200 whose body is not a chat completion (a proxy's HTML page, garbage, no ``choices``) surfaces from
+# the openai client and langchain as one of these, raised while they read the response.
+_MALFORMED: tuple[type[BaseException], ...] = (
+    openai.APIResponseValidationError,
+    ValueError,  # JSONDecodeError, UnicodeDecodeError, pydantic.ValidationError
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+)
 _TIMEOUTS: tuple[type[BaseException], ...] = (openai.APITimeoutError, httpx.TimeoutException, TimeoutError)
 
 
@@ -427,6 +437,19 @@ class StructuredLLM:
                         f"{model_name!r} ({error})"
                     ) from None
                 raise LLMCallError(f"{node}: {error}", trace) from None
+            except _MALFORMED as exc:
+                detail = f"{type(exc).__name__}: {_short_error(exc)}"
+                error = f"not a chat completion ({detail})"
+                trace.append(entry(latency_s=time.perf_counter() - start, ok=False, error=error))
+                if retry < self.max_retries:  # a proxy's error page can be passing: ask again
+                    log.warning("%s: %s; retrying in %.1fs", node, error, delay)
+                    self._sleep(delay)
+                    delay *= 2
+                    continue
+                raise LLMUnavailableError(
+                    f"the LLM server at {self.base_url or '?'} answered with something that is not an OpenAI "
+                    f"chat completion ({detail}); is that an OpenAI-compatible /v1 endpoint?"
+                ) from None
             usage = getattr(reply, "usage_metadata", None) or {}
             trace.append(
                 entry(

@@ -111,6 +111,7 @@ class ServerStatus:
         served_model_name: Name clients pass as ``model``.
         log: Path of the server log.
         started_at: ISO-8601 UTC start time, if known.
+        state_problem: Why the state file could not be read (then ``running`` is unknown, reported False).
     """
 
     running: bool
@@ -121,6 +122,7 @@ class ServerStatus:
     served_model_name: str
     log: Path
     started_at: str | None = None
+    state_problem: str | None = None
 
 
 # --------------------------------------------------------------------------------------------- addresses
@@ -473,11 +475,25 @@ def _state_path(cfg: ServerConfig) -> Path:
 
 
 def _read_state(cfg: ServerConfig) -> dict[str, Any] | None:
+    return _read_state_checked(cfg)[0]
+
+
+def _read_state_checked(cfg: ServerConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """The recorded state, or why the state file exists but cannot be used (written atomically by us, so a
+    bad one was damaged from outside: reported, never guessed at)."""
+    path = _state_path(cfg)
     try:
-        data = json.loads(_state_path(cfg).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return (
+            None,
+            f"state file {path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})",
+        )
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+        return None, f"state file {path} is not a server record (no integer pid)"
+    return data, None
 
 
 def _write_state(cfg: ServerConfig, state: dict[str, Any]) -> None:
@@ -529,7 +545,7 @@ def status(cfg: ServerConfig) -> ServerStatus:
     Returns:
         The status.
     """
-    state = _read_state(cfg)
+    state, problem = _read_state_checked(cfg)
     if state is not None and _owns(state):
         return _status_from_state(cfg, state, running=True)
     if state is not None:
@@ -543,6 +559,7 @@ def status(cfg: ServerConfig) -> ServerStatus:
         model=cfg.model,
         served_model_name=cfg.served_model_name,
         log=cfg.state_dir / LOG_FILE,
+        state_problem=problem,
     )
 
 
@@ -560,7 +577,16 @@ def stop(cfg: ServerConfig, timeout_s: float = 20.0) -> bool:
         ServerError: The process group could not be killed.
     """
     with _locked(cfg):
-        state = _read_state(cfg)
+        state, problem = _read_state_checked(cfg)
+        if problem is not None:
+            url = base_url(cfg)
+            if _serves(url, cfg.served_model_name, timeout=1.0):
+                raise ServerError(
+                    f"{problem}, so which process to stop is unknown, and a server still answers at {url}; "
+                    "stop it yourself (find it with `pgrep -af vllm`), then delete the state file"
+                )
+            _remove_state(cfg)  # nothing answers: the record is of no use to anyone
+            return False
         if state is None:
             return False
         if not _owns(state):

@@ -23,11 +23,11 @@ from typing import Any, Literal
 import jinja2
 import jinja2.meta
 import jinja2.sandbox
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ed_agents.errors import PromptValidationError
+from ed_agents.errors import InvalidInputError, PromptValidationError
 from ed_agents.state import REPLY_SCHEMAS
+from ed_common.safe_yaml import load_yaml
 
 USER_MARKER = "<!-- user -->"
 EXAMPLE_MARKER = "<!-- example -->"
@@ -187,10 +187,11 @@ def parse_prompt_file(path: Path) -> tuple[PromptFile | None, list[Problem]]:
         return 1
 
     try:
-        raw = yaml.safe_load(header)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return None, [Problem(path, (mark.line + 2) if mark else 1, f"invalid YAML: {exc}")]
+        raw = load_yaml(header, where="front-matter")
+    except InvalidInputError as exc:
+        found = re.match(r"front-matter:(\d+):", str(exc))
+        line = int(found.group(1)) + 1 if found else 1  # the header starts on the file's line 2
+        return None, [Problem(path, line, re.sub(r"^front-matter(:\d+)?: ", "", str(exc)))]
     if not isinstance(raw, dict):
         return None, [Problem(path, 1, "front-matter must be a mapping of keys to values")]
     try:
@@ -329,13 +330,17 @@ class PromptLibrary:
         self.root = root
 
     @classmethod
-    def load(cls, root: Path) -> PromptLibrary:
+    def load(cls, root: Path, require: Mapping[str, str | None] | None = None) -> PromptLibrary:
         """Load every file under ``root``.
+
+        Args:
+            root: the prompts directory.
+            require: task id -> reply schema every library must have (default: :data:`REQUIRED_TASKS`).
 
         Raises:
             PromptValidationError: listing every error of every file at once.
         """
-        files, problems = check_prompt_dir(root)
+        files, problems = check_prompt_dir(root, require)
         errors = [p for p in problems if p.severity == "error"]
         if errors:
             listing = "; ".join(str(p) for p in errors)
@@ -364,8 +369,28 @@ class PromptLibrary:
         return len(self._files)
 
 
-def check_prompt_dir(root: Path) -> tuple[dict[str, PromptFile], list[Problem]]:
-    """Validate every ``*.md`` under ``root/personas`` and ``root/tasks``; never raises for bad files."""
+# The tasks MC-Agent and the evals' single-LLM baseline call, with the reply schema each one parses: a
+# library without one of them fails at the first rewrite that needs it, so `prompts check` refuses it.
+REQUIRED_TASKS: dict[str, str | None] = {
+    "understand": "content_anchors",
+    "persona_reaction": "persona_reply",
+    "concept_chain": "concept_reply",
+    "consensus": "consensus_reply",
+    "repair_anchors": "revised_prompt",
+    "revise": "revised_prompt",
+    "single_rewrite": "revised_prompt",
+    "repair_output": None,
+}
+
+
+def check_prompt_dir(
+    root: Path, require: Mapping[str, str | None] | None = None
+) -> tuple[dict[str, PromptFile], list[Problem]]:
+    """Validate every ``*.md`` under ``root/personas`` and ``root/tasks``; never raises for bad files.
+
+    ``require`` (default :data:`REQUIRED_TASKS`) names the tasks that must exist, each with its ``output``.
+    """
+    require = REQUIRED_TASKS if require is None else require
     problems: list[Problem] = []
     files: dict[str, PromptFile] = {}
     if not root.is_dir():
@@ -391,4 +416,27 @@ def check_prompt_dir(root: Path) -> tuple[dict[str, PromptFile], list[Problem]]:
             problems.append(Problem(path, 1, f"duplicate id {parsed.id!r} (also {files[parsed.id].path})"))
             continue
         files[parsed.id] = parsed
+    if paths:
+        problems.extend(_missing_tasks(root, files, require))
     return files, problems
+
+
+def _missing_tasks(
+    root: Path, files: Mapping[str, PromptFile], require: Mapping[str, str | None]
+) -> list[Problem]:
+    problems = []
+    for task_id, output in require.items():
+        path = root / "tasks" / f"{task_id}.md"
+        found = files.get(task_id)
+        if found is None:
+            if not path.is_file():  # a file that exists but is broken already has its own problem
+                problems.append(Problem(path, 0, f"missing: MC-Agent needs task {task_id!r}"))
+        elif found.meta.output != output:
+            problems.append(
+                Problem(
+                    found.path,
+                    1,
+                    f"output {found.meta.output!r}, but task {task_id!r} is parsed as {output!r}",
+                )
+            )
+    return problems

@@ -7,6 +7,7 @@ file > the defaults below. Nodes never read the environment; they get what they 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from pydantic_settings import (
 )
 
 from ed_agents.errors import InvalidInputError
+from ed_common.limits import MAX_SEED
+from ed_common.text import short_repr
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = Path(user_config_dir("emodir")) / "config.toml"
@@ -47,7 +50,9 @@ class Settings(BaseSettings):
     )
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(384, ge=16, le=8192, description="Upper bound on tokens per LLM reply.")
-    seed: int = Field(0, description="Seed for persona sampling and for the LLM's sampler.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed for persona sampling and for the LLM's sampler."
+    )
 
     # --- the local server (`emodir llm serve`) ---
     llm_port: int = Field(8765, ge=1, le=65535)
@@ -136,6 +141,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if named is not None and not named.is_file():
         raise InvalidInputError(f"config file {str(named)!r} does not exist")
     path = named or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
+    from_file = _file_keys(path) if path is not None else set()
 
     class _FileSettings(Settings):
         model_config = SettingsConfigDict(toml_file=path)
@@ -144,15 +150,39 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return _FileSettings(**given)
     except ValueError as exc:  # pydantic.ValidationError: keep it to one readable line per error
-        raise InvalidInputError(_one_line(exc)) from None
+        raise InvalidInputError(_one_line(exc, path, from_file, set(given))) from None
 
 
-def _one_line(exc: ValueError) -> str:
+def _file_keys(path: Path) -> set[str]:
+    """The keys ``path`` sets (read here too, so that a bad file is named with its line).
+
+    Raises:
+        InvalidInputError: the file is unreadable or not TOML.
+    """
+    try:
+        return set(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"config file {path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _one_line(exc: ValueError, path: Path | None, from_file: set[str], given: set[str]) -> str:
+    """Every problem on one line, each named by where its value came from (flag, environment or file)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     parts = []
     for err in errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"setting {loc or '?'}={err.get('input')!r}: {err.get('msg')}")
+        key = str(err.get("loc", ("",))[0]) if err.get("loc") else ""
+        if key in given:
+            source = ""
+        elif os.environ.get(f"EMODIR_{key.upper()}") is not None:
+            source = f"environment EMODIR_{key.upper()}: "
+        elif key in from_file and path is not None:
+            source = f"config file {path}: "
+        else:
+            source = ""
+        parts.append(f"{source}setting {loc or '?'}={short_repr(err.get('input'))}: {err.get('msg')}")
     return "; ".join(parts)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from ed_common.text import short_repr
+
 
 class EmodirError(Exception):
     """A known error: its message is the whole explanation, no traceback needed."""
@@ -9,3 +14,27 @@ class EmodirError(Exception):
 
 class InvalidInputError(EmodirError, ValueError):
     """Bad user input: an empty prompt, a prompt over the token limit, an unknown emotion or persona, ..."""
+
+
+_SHOWN_ERRORS = 8
+
+
+def validation_line(exc: Any) -> str:
+    """A pydantic ``ValidationError``'s problems on one bounded line: ``field.path: message (got value)``.
+
+    The offending values are echoed shortened and only the first few problems are listed: a hostile file
+    must not turn one error message into megabytes. Anything else is returned as ``str(exc)``.
+    """
+    errors_of = getattr(exc, "errors", None)
+    if not callable(errors_of):
+        return str(exc)
+    parts = []
+    errors = errors_of()
+    for err in errors[:_SHOWN_ERRORS]:
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = re.sub(r"^(Value|Assertion) error, ", "", str(err["msg"]))
+        got = "" if err["type"] in ("missing", "value_error") else f" (got {short_repr(err.get('input'))})"
+        parts.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    if len(errors) > _SHOWN_ERRORS:
+        parts.append(f"and {len(errors) - _SHOWN_ERRORS} more problem(s)")
+    return "; ".join(parts)

@@ -7,6 +7,7 @@ write a hyperlink), and bidi overrides reorder what is shown. Tabs and newlines 
 from __future__ import annotations
 
 import re
+import reprlib
 
 from rich.markup import escape as _escape_markup
 
@@ -28,3 +29,19 @@ def first_control(text: str) -> str | None:
 def esc(text: str) -> str:
     """``text`` made safe for a rich console: control characters removed, markup escaped."""
     return _escape_markup(strip_control(text))
+
+
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # Python 3.11: limits are attributes, not constructor arguments
+    r.maxstring = r.maxother = 60
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 4
+    r.maxlevel = 2
+    return r
+
+
+_BOUNDED = _bounded_repr()
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a few dozen characters: how an error message echoes a bad value."""
+    return strip_control(_BOUNDED.repr(value))

@@ -37,13 +37,14 @@ from torch import Tensor
 from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.errors import InvalidInputError
+from ed_common.image_files import ImageReadError, read_rgb
 from ed_diffusion.data import EmotionSample, dataset_fingerprint, group_by_emotion
 from ed_diffusion.encoders import FeatureEncoders
 from ed_diffusion.errors import BankError
+from ed_diffusion.file_kinds import BANK_FORMAT, non_finite, wrong_kind
 
 logger = logging.getLogger(__name__)
 
-BANK_FORMAT = "emodir-visual-prompt-bank"
 BANK_FORMAT_VERSION = 1
 _TENSOR_NAMES = ("text_centres", "visual_centres", "counts")
 
@@ -205,6 +206,8 @@ class BankMetadata:
         Raises:
             BankError: the header is not a bank's, has another format version, or misses/garbles a field.
         """
+        if (hint := wrong_kind(header, BANK_FORMAT)) is not None:
+            raise BankError(f"{where}: {hint}")
         if header.get("format") != BANK_FORMAT:
             raise BankError(
                 f"{where}: not a visual-prompt bank (metadata format={header.get('format')!r}, "
@@ -517,6 +520,8 @@ def _check_tensors(text: Tensor, visual: Tensor, counts: Tensor, meta: BankMetad
             f"{where}: centres must be floating point and counts integer, got {text.dtype}, "
             f"{visual.dtype}, {counts.dtype}"
         )
+    if (bad := non_finite({"text_centres": text, "visual_centres": visual})) is not None:
+        raise BankError(f"{where}: {bad}; the bank is damaged, rebuild it (`emodir bank build`)")
 
 
 # ---------------------------------------------------------------------- building
@@ -667,7 +672,6 @@ def build_bank(
 
 def _open_rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BankError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+        return read_rgb(path)
+    except ImageReadError as exc:
+        raise BankError(str(exc)) from None

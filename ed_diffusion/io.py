@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save
 
 from ed_common.atomic import write_bytes_atomic
 from ed_diffusion.errors import AdapterError
+from ed_diffusion.file_kinds import ADAPTER_FORMAT, non_finite, wrong_kind
 from ed_diffusion.models.adapter import (
     cross_attention_dim_of,
     emotion_attn_processors,
@@ -50,7 +51,7 @@ from ed_diffusion.models.adapter import (
 )
 from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
 
-FORMAT_NAME = "emodir-emotion-adapter"
+FORMAT_NAME = ADAPTER_FORMAT
 FORMAT_VERSION = 1
 PROJECTOR_PREFIX = "projector."
 ATTN_PREFIX = "attn."
@@ -168,6 +169,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         raise AdapterError(f"{path}: no such file") from None
     except (SafetensorError, OSError) as exc:
         raise AdapterError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
+    if (hint := wrong_kind(raw, ADAPTER_FORMAT)) is not None:
+        raise AdapterError(f"{path}: {hint}")
     decoded: dict[str, Any] = {}
     for key, value in raw.items():
         try:
@@ -230,6 +233,10 @@ def _check_tensors(
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise AdapterError(f"{path}: {key} has shape {tuple(tensors[key].shape)}, expected {shape}")
+    if (bad := non_finite(tensors)) is not None:
+        raise AdapterError(
+            f"{path}: {bad}; the adapter is damaged (a diverged run?), retrain or re-export it"
+        )
 
 
 def load_adapter(

@@ -20,20 +20,18 @@ from typing import Any, Literal
 import torch
 
 from ed_common.emotions import Emotion, parse_emotion
-from ed_common.errors import EmodirError, InvalidInputError
+from ed_common.errors import InvalidInputError
 from ed_common.hashing import file_sha256
+from ed_common.limits import MAX_SEED
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.images import contact_sheet, save_png_atomic
+from ed_diffusion.model_source import ModelMissingError, load_diffusers_pipeline
 
 log = logging.getLogger(__name__)
 
 PresetName = Literal["tiny", "sd15", "sdxl"]
 PRESET_NAMES: tuple[str, ...] = ("tiny", "world", "sd15", "sdxl")
 NegativeVP = Literal["none", "opposite", "confusable"]
-
-
-class ModelMissingError(EmodirError):
-    """A model, bank or adapter the preset needs is not where it was looked for."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +430,11 @@ def _check_request(r: RenderRequest) -> None:
         (1 <= r.n_images <= 64, f"n_images={r.n_images} is out of range; allowed: 1..64"),
         (0.0 <= r.vp_scale <= 10.0, f"vp_scale={r.vp_scale} is out of range; allowed: 0..10"),
         (1 <= r.top_k <= 64, f"top_k={r.top_k} is out of range; allowed: 1..64"),
+        (
+            r.seed >= 0 and r.seed + r.n_images - 1 <= MAX_SEED,
+            f"seed={r.seed} is out of range for {r.n_images} image(s); "
+            f"allowed: 0..{MAX_SEED - r.n_images + 1}",
+        ),
         (r.steps is None or 1 <= r.steps <= 200, f"steps={r.steps} is out of range; allowed: 1..200"),
         (
             r.negative_vp in ("none", "opposite", "confusable"),
@@ -453,22 +456,11 @@ def _existing(path: str | None, what: str) -> str:
 
 
 def _load_pipeline(cls: Any, model: str, dtype: torch.dtype) -> Any:
-    local = Path(model)
-    if local.exists():
-        missing = [n for n in ("model_index.json", "unet", "vae") if not (local / n).exists()]
-        if missing:
-            raise ModelMissingError(f"model directory {model} is incomplete: missing {', '.join(missing)}")
     # local_files_only: no hub at run time here; on a connected GPU machine pre-download with `hf download`.
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if cls.__name__ == "StableDiffusionPipeline":
         kwargs["safety_checker"] = None  # research tool; users judge their own outputs
-    try:
-        return cls.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as exc:
-        where = "that local directory" if local.exists() else "the local Hugging Face cache (offline)"
-        raise ModelMissingError(
-            f"cannot load model {model!r} from {where}: {' '.join(str(exc).split())[:200]}"
-        ) from None
+    return load_diffusers_pipeline(cls, model, "model", **kwargs)
 
 
 _RENDERERS: dict[tuple[PresetSpec, str | None, str | None], MCDiffusion] = {}

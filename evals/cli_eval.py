@@ -27,7 +27,6 @@ from evals.records import SampleRecord
 from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
 from evals.shards import (
     Shard,
-    check_fresh_out_dir,
     detect_shard,
     rank_device,
     read_records,
@@ -105,7 +104,7 @@ def eval_run(
     from ed_agents.prompts import PromptLibrary
     from evals.manifest import run_manifest
     from evals.report import finalize_run
-    from evals.runner import run_suite
+    from evals.runner import check_out_dir, run_suite
     from evals.systems import make_context_factory, needs_llm, validate_suite
 
     suite = load_suite(suite_file)
@@ -119,8 +118,7 @@ def eval_run(
     shard = detect_shard()
     out = _out_dir(out, settings, suite, shard)
     check_writable(out)
-    if not resume:
-        check_fresh_out_dir(out, shard)
+    check_out_dir(out, suite, suite_file, shard, resume)
     prompts = PromptLibrary.load(settings.prompts_dir)
     tokens = default_counter()
     validate_suite(suite, prompts, tokens, settings)

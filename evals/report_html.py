@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import Emotion
+from ed_common.image_files import ImageReadError, read_rgb
 from evals.records import SampleRecord
 from evals.report import TableData, build_tables, key_metrics
 
@@ -84,14 +85,13 @@ def _data_uri(png: bytes) -> str:
 
 def _thumbnail(path: Path) -> str | None:
     try:
-        with Image.open(path) as opened:
-            im = opened.convert("RGB")
+        im = read_rgb(path)
         scale = THUMB / max(im.size)
         # Tiny images (the tiny preset's 64 px) are scaled up with NEAREST: visible blocks, not blur.
         resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
         size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
         return _data_uri(_png(im.resize(size, resample)))
-    except (OSError, ValueError):
+    except (ImageReadError, OSError, ValueError):  # a report still builds around an unreadable image
         return None
 
 

@@ -78,20 +78,55 @@ class LockedRenderer:
 
 
 def prepare_out_dir(out: Path, suite: Suite, suite_path: Path | None, shard: Shard, resume: bool) -> None:
-    """Refuse a used ``out`` without ``resume``; with it, refuse a suite whose samples would differ.
+    """:func:`check_out_dir`, then create ``out`` (and ``images/``) and copy the suite into it."""
+    check_out_dir(out, suite, suite_path, shard, resume)
+    _make_out_dir(out, suite_path, shard)
+
+
+def check_out_dir(out: Path, suite: Suite, suite_path: Path | None, shard: Shard, resume: bool) -> None:
+    """Refuse a used ``out`` without ``resume``; with it, refuse a directory that is not a run of ``suite``.
+
+    Writes nothing, so a command calls it before any work starts.
 
     Raises:
         InvalidInputError: one line naming the directory and what to do.
     """
     if not resume:
         check_fresh_out_dir(out, shard)
+    elif not (out / "manifest.json").is_file() and not (out.is_dir() and sample_files(out)):
+        # Nothing to continue: only a new or empty directory (or one a sibling shard just started) is fine.
+        try:
+            check_fresh_out_dir(out, shard)
+        except InvalidInputError:
+            if _only_a_start(out):
+                return
+            raise InvalidInputError(
+                f"--resume: {out} is not an eval run (it holds files but no manifest.json or samples); "
+                "choose a new or empty --out"
+            ) from None
     elif (out / "manifest.json").is_file():
-        started = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
+        try:
+            started = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
+        except (ValueError, AttributeError):
+            raise InvalidInputError(
+                f"--resume: {out / 'manifest.json'} is damaged (not a JSON object), so whether the suite "
+                "still matches cannot be checked; use a new --out"
+            ) from None
         if started and started != suite.fingerprint():
             raise InvalidInputError(
                 f"--resume: {suite_path or 'the suite'} no longer matches the run in {out} (its prompts, "
                 "emotions, systems, seeds, images or settings changed); use a new --out"
             )
+
+
+def _only_a_start(out: Path) -> bool:
+    """``out`` holds only what a run writes before its manifest (killed in its first moment)."""
+    names = {p.name for p in out.iterdir()}
+    images = out / "images"
+    return names <= {"suite.yaml", "images"} and (not images.is_dir() or not any(images.iterdir()))
+
+
+def _make_out_dir(out: Path, suite_path: Path | None, shard: Shard) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     if suite_path is not None and shard.rank == 0:

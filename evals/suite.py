@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ed_agents.errors import InvalidInputError
 from ed_agents.settings import Settings
 from ed_common.emotions import Emotion, parse_emotion
+from ed_common.errors import validation_line
+from ed_common.safe_yaml import load_yaml
 from evals.records import SampleSpec
 from evals.scorers.registry import DEFAULT_SCORERS, check_scorer_names
 
@@ -248,28 +248,13 @@ def load_suite(path: Path) -> Suite:
     if not path.is_file():
         raise InvalidInputError(f"suite file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidInputError(f"{path}{where}: invalid YAML: {problem}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{path}: cannot read: {exc}") from None
+    raw = load_yaml(text, where=str(path))
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{path}: a suite is a mapping of keys (name, prompts, systems, ...)")
     try:
         return Suite.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInputError(f"{path}: {validation_line(exc)}") from None
-
-
-def validation_line(exc: ValidationError) -> str:
-    """All of a pydantic error's problems on one line: ``field.path: message (got value)``."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = re.sub(r"^(Value|Assertion) error, ", "", str(err["msg"]))
-        got = "" if err["type"] in ("missing", "value_error") else f" (got {err.get('input')!r})"
-        parts.append(f"{loc}: {msg}{got}")
-    return "; ".join(parts)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import re
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from ed_agents.context import Context
 from ed_agents.errors import InvalidInputError
 from ed_agents.state import HistoryEntry
 from ed_common.emotions import Emotion
+from ed_common.errors import EmodirError
 from graphs.emotion_director import build_graph
 from graphs.state import GraphInput, RenderOptions
 
@@ -35,6 +40,63 @@ _STATE_TYPES = [
         )
     ),
 ]
+
+
+MAX_SESSION_NAME = 64
+_SESSION_NAME = re.compile(rf"\w[\w.-]{{0,{MAX_SESSION_NAME - 1}}}")
+
+
+class SessionBusyError(EmodirError):
+    """Another process has the session open: two REPLs on one thread would interleave and lose turns."""
+
+
+def check_session_name(name: str) -> str:
+    """``name`` if it can name a session: short, letters, digits, ``.``, ``_`` and ``-``.
+
+    Raises:
+        InvalidInputError: naming the value (shortened) and what is allowed.
+    """
+    if not _SESSION_NAME.fullmatch(name):
+        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+        raise InvalidInputError(
+            f"session name {shown!r} is not allowed; allowed: 1-{MAX_SESSION_NAME} letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@contextmanager
+def session_lock(db: Path, name: str) -> Iterator[None]:
+    """Hold session ``name`` of ``db`` for this process (an advisory lock, released when it ends).
+
+    Raises:
+        SessionBusyError: another process holds it (names its pid).
+    """
+    locks = db.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    # The file name is a digest: any session name (even one stored before names were checked) maps to a
+    # safe, bounded file name.
+    path = locks / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise SessionBusyError(
+                f"session {name!r} is open in another `emodir chat` (pid {holder}); close that one or "
+                "choose another --session"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            with suppress(OSError):
+                handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_serde() -> JsonPlusSerializer:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ed_agents.state import InputState, OutputState, State
+from ed_common.limits import MAX_SEED
 
 
 class RenderOptions(BaseModel):
@@ -15,7 +16,7 @@ class RenderOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_images: int = Field(1, ge=1, le=64)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=200)
     guidance: float | None = Field(None, ge=0, le=30)
     width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
@@ -24,6 +25,16 @@ class RenderOptions(BaseModel):
     top_k: int = Field(4, ge=1, le=64)
     negative_vp: Literal["none", "opposite", "confusable"] = "none"
     out_dir: str | None = None  # the run directory; None = a new one under runs/
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> RenderOptions:
+        # Image i uses seed + i: the last one must still be a valid seed (checked before any image).
+        if self.seed + self.n_images - 1 > MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} + {self.n_images} images passes {MAX_SEED}; allowed: seed <= "
+                f"{MAX_SEED - self.n_images + 1}"
+            )
+        return self
 
 
 class GraphInput(InputState, total=False):

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ed_common.emotions import Emotion, Polarity
 from ed_common.errors import InvalidInputError
+from ed_common.image_files import read_rgb
 from ed_diffusion.scoring.build import Scorers, build_scorers, content_vocabulary
 from ed_diffusion.scoring.classifiers import EmotionClassifier
 from ed_diffusion.scoring.config import ImageRecord, ImageScoringConfig
@@ -115,11 +116,7 @@ def open_rgb(path: Path) -> Image.Image:
     Raises:
         InvalidInputError: missing or unreadable file.
     """
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidInputError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
+    return read_rgb(path)
 
 
 def _emotion_metrics(

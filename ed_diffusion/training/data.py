@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ed_common.emotions import EMOTION_NAMES, Emotion, UnknownEmotionError, parse_emotion
+from ed_common.image_files import ImageReadError, read_rgb
 from ed_diffusion.data import EmotionSample, LoadSummary, finish_summary, load_emotion_dataset
 from ed_diffusion.errors import DatasetError
 
@@ -73,10 +74,9 @@ def prepare_image(path: Path, resolution: int) -> PreparedImage:
     """
     _check_resolution(resolution)
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot decode training image {path}: {type(exc).__name__}: {exc}") from exc
+        rgb = read_rgb(path)
+    except ImageReadError as exc:
+        raise DatasetError(f"training {exc}") from None
     width, height = rgb.size
     scale = resolution / min(width, height)
     # max(): rounding must never leave a side shorter than the crop.

@@ -31,6 +31,7 @@ from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
+from ed_diffusion.model_source import check_diffusers_model, load_diffusers_pipeline
 from ed_diffusion.training.checkpoints import (
     ResumeMismatchError,
     check_resumable,
@@ -106,6 +107,21 @@ def _resolve_paths(cfg: TrainConfig, cache_dir: Path) -> tuple[str, str, str | N
     return cfg.pretrained, cfg.bank, cfg.adapter_init, cfg.data, None
 
 
+def check_inputs(cfg: TrainConfig, cache_dir: Path) -> None:
+    """Refuse a config whose model, bank or data is not there, before any work (and any progress bar).
+
+    Raises:
+        ModelMissingError: ``pretrained`` is not a preset, a complete local directory or a cached hub id.
+        ConfigError: a ``bank``, ``adapter_init`` or ``data`` path that does not exist.
+    """
+    if cfg.pretrained != TINY_PRESET:
+        check_diffusers_model(cfg.pretrained, "pretrained")
+    for name in ("bank", "adapter_init", "data"):
+        value = getattr(cfg, name, None)
+        if value is not None and not Path(value).expanduser().exists():
+            raise ConfigError(f"{name} {value!r} does not exist")
+
+
 def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init: str | None) -> _Models:
     from diffusers import DDPMScheduler, DiffusionPipeline
 
@@ -113,7 +129,7 @@ def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init:
     from ed_diffusion.models.adapter import install_emotion_adapter
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
 
-    pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True)  # type: ignore[no-untyped-call]
+    pipe = load_diffusers_pipeline(DiffusionPipeline, model_dir, "pretrained")
     is_xl = type(pipe).__name__.startswith("StableDiffusionXL")
     for part in ("vae", "text_encoder", "text_encoder_2", "unet"):
         module = getattr(pipe, part, None)

@@ -59,7 +59,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import httpx2
 import openai
-import yaml
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
@@ -73,6 +72,7 @@ from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import REPO_ROOT, Settings, load_settings
 from ed_agents.state import TraceEntry
 from ed_common.emotions import Emotion, parse_emotion
+from ed_common.safe_yaml import load_yaml
 from graphs.emotion_director import build_graph
 
 PROMPT = "an old fisherman mending a net on the pier"
@@ -312,7 +312,7 @@ def bench_graph(ctx: Context, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------- parts 3 and 4
 def suite_pairs(path: Path, limit: int | None) -> list[tuple[str, Emotion]]:
     """The suite's (prompt, emotion) pairs in file order (a prompt's own emotions, else the suite's)."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8"), where=str(path)) or {}
     default = data.get("emotions") or list(Emotion)
     pairs = [
         (" ".join(str(entry["text"]).split()), parse_emotion(name))

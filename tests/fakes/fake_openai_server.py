@@ -414,6 +414,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.server.fake
         index = fake._record(body)
+        if fake.raw_reply is not None:  # a broken server or proxy: HTTP 200 with any body at all
+            payload, content_type = fake.raw_reply
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if fake.delay > 0:
             with fake.in_flight():
                 time.sleep(fake.delay)
@@ -493,6 +501,7 @@ class FakeOpenAIServer:
         *,
         delay: float = 0.0,
         fail_json_first: int = 0,
+        raw_reply: tuple[bytes, str] | None = None,
         model: str = DEFAULT_MODEL,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -502,6 +511,7 @@ class FakeOpenAIServer:
         Args:
             delay: Seconds each chat request sleeps before answering.
             fail_json_first: How many of the first chat requests get broken JSON.
+            raw_reply: ``(body, content type)`` every chat request gets with HTTP 200 instead of a completion.
             model: The model id ``/v1/models`` lists (and replies name when the request has none).
             host: ``127.0.0.1`` or ``localhost``; nothing else, the server has no auth.
             port: The port; 0 picks a free one.
@@ -517,6 +527,7 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.fail_json_first = fail_json_first
+        self.raw_reply = raw_reply
         self.model = model
         self._port = port
         self._lock = threading.Lock()

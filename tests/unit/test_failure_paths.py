@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cli import main
 from ed_common.errors import InvalidInputError
 from ed_common.paths import check_writable
+from tests.cli_helpers import one_line
 
 
 def test_a_new_directory_under_a_writable_one_is_fine(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_a_new_directory_under_a_writable_one_is_fine(tmp_path: Path) -> None:
         (lambda t: Path("/proc/emodir-run"), True, "/proc is not writable"),
     ],
 )
-def test_an_output_that_cannot_be_written_is_refused_in_one_line(
+def test_an_output_that_cannot_be_written_is_refused_inone_line(
     tmp_path: Path, make: Any, directory: bool, message: str
 ) -> None:
     with pytest.raises(InvalidInputError, match=message) as info:
@@ -42,15 +42,6 @@ def test_a_full_disk_is_refused_before_the_work(tmp_path: Path, monkeypatch: pyt
         check_writable(tmp_path / "run")
 
 
-def _one_line(capsys: Any, argv: list[str], code: int = 1) -> str:
-    assert main(argv) == code
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -60,15 +51,15 @@ def _one_line(capsys: Any, argv: list[str], code: int = 1) -> str:
     ],
 )
 def test_commands_refuse_an_unwritable_out_before_any_work(argv: list[str], capsys: Any) -> None:
-    assert "/proc is not writable" in _one_line(capsys, argv)
+    assert "/proc is not writable" in one_line(capsys, argv)
 
 
 def test_eval_report_never_replaces_a_file_without_overwrite(tmp_path: Path, capsys: Any) -> None:
     precious = tmp_path / "samples.md"
     precious.write_text("mine")
-    line = _one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(precious)])
+    line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(precious)])
     assert "already exists; pass --overwrite" in line and precious.read_text() == "mine"
-    line = _one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(tmp_path / "cmp.html")])
+    line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(tmp_path / "cmp.html")])
     assert "written as Markdown; give a .md path" in line
 
 
@@ -81,10 +72,10 @@ def test_an_os_error_during_the_work_is_one_line_with_its_path(
         raise OSError(errno.ENOSPC, "No space left on device", "/data/run/img0.png")
 
     monkeypatch.setattr(cli, "app", fail)
-    line = _one_line(capsys, ["generate", "x"])
+    line = one_line(capsys, ["generate", "x"])
     assert "No space left on device (/data/run/img0.png)" in line
 
 
 def test_an_argument_that_is_not_utf8_is_a_usage_error(capsys: Any) -> None:
     bad = b"a dog \xff".decode("utf-8", "surrogateescape")
-    assert "argument 2" in _one_line(capsys, ["rewrite", bad, "-e", "fear"], code=2)
+    assert "argument 2" in one_line(capsys, ["rewrite", bad, "-e", "fear"], code=2)

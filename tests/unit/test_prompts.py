@@ -96,7 +96,7 @@ def test_prompt_check_reports_all_problems_at_once(tmp_path: Path) -> None:
         "tasks/badkind.md",
         GOOD_TASK.replace("id: t1", "id: badkind").replace("kind: task", "kind: tool"),
     )
-    files, problems = check_prompt_dir(tmp_path)
+    files, problems = check_prompt_dir(tmp_path, require={})
     errors = [p for p in problems if p.severity == "error"]
     by_file = {p.path.name for p in errors}
     assert set(files) == {"t1"}
@@ -120,7 +120,7 @@ def test_prompt_check_reports_all_problems_at_once(tmp_path: Path) -> None:
     leak = next(p for p in errors if p.path.name == "leak.md")
     assert leak.line == 9  # the body line that uses user_prompt
     with pytest.raises(PromptValidationError) as info:
-        PromptLibrary.load(tmp_path)
+        PromptLibrary.load(tmp_path, require={})
     assert f"{len(errors)} problem(s)" in str(info.value)
     assert all(name in str(info.value) for name in by_file)
 
@@ -179,6 +179,30 @@ def test_a_directory_without_personas_fails_the_check(tmp_path: Path) -> None:
         f.unlink()
     _, problems = check_prompt_dir(root)
     assert any("no persona file" in p.message for p in problems)
+
+
+@pytest.mark.parametrize("task", ["revise", "repair_output", "single_rewrite", "consensus"])
+def test_a_directory_missing_a_task_the_agent_calls_fails_the_check(tmp_path: Path, task: str) -> None:
+    root = _copy_prompts(tmp_path)
+    (root / "tasks" / f"{task}.md").unlink()
+    _, problems = check_prompt_dir(root)
+    assert [p.message for p in problems if p.severity == "error"] == [
+        f"missing: MC-Agent needs task {task!r}"
+    ]
+    with pytest.raises(PromptValidationError, match=f"needs task '{task}'"):
+        PromptLibrary.load(root)
+
+
+def test_a_task_whose_output_is_not_the_one_its_node_parses_fails_the_check(tmp_path: Path) -> None:
+    root = _copy_prompts(tmp_path)
+    revise, persona = root / "tasks" / "revise.md", root / "tasks" / "persona_reaction.md"
+    revise.write_text(persona.read_text(encoding="utf-8").replace("id: persona_reaction", "id: revise"))
+    _, problems = check_prompt_dir(root)
+    assert any(
+        p.path == revise
+        and "output 'persona_reply', but task 'revise' is parsed as 'revised_prompt'" in p.message
+        for p in problems
+    ), problems
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,69 @@
+"""Where a diffusers model comes from: a local directory or the local Hugging Face cache (never the network
+at run time), checked before any work starts and loaded with one-line errors that name the model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ed_common.errors import EmodirError
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_NEEDED = ("model_index.json", "unet", "vae")
+
+
+class ModelMissingError(EmodirError):
+    """A model, bank or adapter the preset needs is not where it was looked for."""
+
+
+def check_diffusers_model(model: str, what: str = "model") -> None:
+    """Refuse ``model`` unless it is a complete local diffusers directory or a hub id already cached.
+
+    Args:
+        model: a directory or a hub id (``owner/name``).
+        what: how to name it in the message (``pretrained`` for a train config, ``--model`` ...).
+
+    Raises:
+        ModelMissingError: naming the value and what is allowed.
+    """
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelMissingError(f"{what} {model!r} is a file; allowed: a diffusers model directory")
+        missing = [n for n in _NEEDED if not (local / n).exists()]
+        if missing:
+            raise ModelMissingError(
+                f"{what} {model!r} is not a complete diffusers model directory: missing {', '.join(missing)}"
+            )
+        return
+    if not _HUB_ID.fullmatch(model):
+        raise ModelMissingError(
+            f"{what} {model!r} is neither an existing directory nor a hub id; allowed: a diffusers model "
+            "directory or an id like 'stabilityai/stable-diffusion-xl-base-1.0'"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+        raise ModelMissingError(
+            f"{what} {model!r} is not in the local Hugging Face cache, and models are never downloaded at "
+            f"run time; fetch it first (`hf download {model}`) or give a local directory"
+        )
+
+
+def load_diffusers_pipeline(cls: Any, model: str, what: str = "model", **kwargs: Any) -> Any:
+    """``cls.from_pretrained(model, local_files_only=True, **kwargs)`` after :func:`check_diffusers_model`.
+
+    Raises:
+        ModelMissingError: the model is not there, or loading it failed (the reason on the same line).
+    """
+    check_diffusers_model(model, what)
+    try:
+        return cls.from_pretrained(model, local_files_only=True, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        where = (
+            "that local directory" if Path(model).expanduser().exists() else "the local Hugging Face cache"
+        )
+        raise ModelMissingError(
+            f"cannot load {what} {model!r} from {where}: {' '.join(str(exc).split())[:200]}"
+        ) from None
