@@ -129,3 +129,41 @@ def test_real_generate_on_tiny_preset(llm_url: str, tmp_path: Any) -> None:
     assert manifest["final_prompt"] == data["final_prompt"]
     assert not missing_anchors(data["final_prompt"], data["anchors"])
     assert manifest["llm_models"] == ["smollm2"]
+
+
+def _server_pid() -> str:
+    status = subprocess.run(
+        [sys.executable, "-m", "cli", "llm", "status"],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return status.stdout.split("(pid ", 1)[-1].split(")", 1)[0]
+
+
+def test_four_cli_clients_at_once_are_all_served_by_the_one_server(llm_url: str, tmp_path: Any) -> None:
+    # Issue 11, family 5: processes started together against the embedded server (found through its
+    # state file, as a user's shell finds it), while it is busy with all of them. None may die with
+    # "cannot reach", and the server must not be replaced.
+    before = _server_pid()
+    pairs = [("a tax form on an office desk", "excitement"), ("a birthday cake", "fear")] * 2
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "rewrite", prompt, "-e", emotion, "--json", "--seed", str(i)],
+            cwd=REPO_ROOT,
+            env=cli_env(XDG_CONFIG_HOME=str(tmp_path)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (prompt, emotion) in enumerate(pairs)
+    ]
+    results = [(p, *p.communicate(timeout=900)) for p in procs]
+    for proc, stdout, stderr in results:
+        assert proc.returncode == 0, stderr[-2000:]
+        data = json.loads(stdout)
+        assert not missing_anchors(data["final_prompt"], data["anchors"])
+    assert _server_pid() == before
