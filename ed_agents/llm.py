@@ -291,6 +291,7 @@ class StructuredLLM:
         repair: PromptFile | None = None,
         system_prefix: PromptFile | None = None,
         variables: dict[str, Any],
+        json_schema: dict[str, Any] | None = None,
     ) -> CallResult[T]:
         """Render ``prompt``, ask for ``schema``, repair once if the reply does not validate.
 
@@ -302,6 +303,8 @@ class StructuredLLM:
             repair: task file for the repair turn (user part gets ``error`` and ``bad_output``).
             system_prefix: a persona file whose system text goes before the task's system text.
             variables: template variables for every file involved.
+            json_schema: the schema the server enforces, when it is narrower than ``schema``'s own (a
+                request's options as an ``enum``); the reply is still validated against ``schema``.
 
         Raises:
             LLMCallError: the reply was unusable after the repair turn, or the call timed out / failed.
@@ -328,7 +331,16 @@ class StructuredLLM:
         refs = [prompt]
         for attempt in (1, 2):
             text = self._invoke(
-                messages, schema, overrides, node, run_index, refs[-1], attempt, trace, system_prefix
+                messages,
+                schema,
+                overrides,
+                node,
+                run_index,
+                refs[-1],
+                attempt,
+                trace,
+                system_prefix,
+                json_schema,
             )
             try:
                 reply = parse_structured(text, schema, example.reply if example is not None else None)
@@ -371,12 +383,13 @@ class StructuredLLM:
         attempt: int,
         trace: list[TraceEntry],
         persona: PromptFile | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> str:
         kwargs: dict[str, Any] = {}
         if self.structured == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": reply_schema(schema)},
+                "json_schema": {"name": schema.__name__, "schema": json_schema or reply_schema(schema)},
             }
         elif self.structured == "json_object":
             kwargs["response_format"] = {"type": "json_object"}

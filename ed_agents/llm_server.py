@@ -384,6 +384,11 @@ def build_command(cfg: ServerConfig, model_path: str | Path) -> list[str]:
         str(cfg.max_num_seqs),
         "--max-num-batched-tokens",
         str(cfg.max_model_len * cfg.max_num_seqs),
+        # By default the JSON grammar lets the model put any whitespace between tokens, and SmolLM2 spends
+        # a token on a newline around every key and colon: a reply of 60 tokens held two short fields and
+        # was cut off. Compact JSON only (xgrammar, the CPU build's backend).
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
 
 

@@ -199,12 +199,13 @@ class ConsensusReply(_Out):
     the slots cover several channels by construction.
     """
 
-    palette: str = Field(description="The colours, as a short phrase.", max_length=60)
-    light: str = Field(description="The light, as a short phrase.", max_length=60)
-    pose: str = Field(description="The subject's pose or expression, as a short phrase.", max_length=60)
-    setting: str = Field(description="Weather, time or surroundings, as a short phrase.", max_length=60)
-    texture: str = Field(description="A surface or texture, as a short phrase.", max_length=60)
-    detail: str = Field(description="One more telling object, as a short phrase.", max_length=60)
+    # Empty by default: a request leaves out the slots it has no options for (see nodes/consensus.py).
+    palette: str = Field("", description="The colours, as a short phrase.", max_length=120)
+    light: str = Field("", description="The light, as a short phrase.", max_length=120)
+    pose: str = Field("", description="The subject's pose or expression, as a short phrase.", max_length=120)
+    setting: str = Field("", description="Weather, time or surroundings, as a short phrase.", max_length=120)
+    texture: str = Field("", description="A surface or texture, as a short phrase.", max_length=120)
+    detail: str = Field("", description="One more telling object, as a short phrase.", max_length=120)
     avoid: list[str] = Field(
         default_factory=list, description="1-3 visual features of the opposite mood.", max_length=3
     )

@@ -16,8 +16,8 @@ from ed_agents.clip_tokens import default_counter
 from ed_agents.context import Context, build_context
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import REPO_ROOT, Settings, load_settings
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from tests.fakes.fake_chat import SchemaFakeChatModel
-from tests.fakes.fake_openai_server import FakeOpenAIServer
 
 PROMPTS_DIR = REPO_ROOT / "prompts"
 

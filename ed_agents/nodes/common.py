@@ -1,33 +1,14 @@
-"""Small pure helpers the nodes share: formatting state for prompts, picking the current run's entries."""
+"""Small pure helpers the nodes share: picking the current run's entries, writing a trace note."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from ed_agents.state import ConceptChain, PersonaReaction, StageOutcome, State, TraceEntry
+from ed_agents.state import PersonaReaction, StageOutcome, State, TraceEntry
 
 
 def current_reactions(state: State) -> list[PersonaReaction]:
     """Reactions of the current run only (the list accumulates over a chat session)."""
     run = state.get("run_index", 0)
     return [r for r in state.get("persona_reactions", []) if r.run_index == run]
-
-
-def format_reactions(reactions: Sequence[PersonaReaction]) -> str:
-    """Reactions as lines for a prompt's user part."""
-    return "\n".join(
-        f"- [{r.persona_id}] would paint: {r.strongest_image}; sees: {'; '.join(r.what_i_see)}"
-        for r in reactions
-    )
-
-
-def format_concepts(chain: ConceptChain | None) -> str:
-    """The chain of concept's visual channels as lines for a prompt's user part."""
-    if chain is None:
-        return ""
-    return "\n".join(
-        f"- {ch}: {', '.join(items)}" for ch, items in chain.visual.channel_items().items() if items
-    )
 
 
 def note(

@@ -1,10 +1,12 @@
-"""Stage 3: consensus. The user's words, unchanged, plus visual details from the personas and concepts.
+"""Stage 3: consensus. The user's words, unchanged, plus visual details chosen from the personas and concepts.
 
-The model chooses and phrases one detail per slot (palette, light, pose, setting, one more); the node
-keeps only depictable ones that add to the user's words and leak nothing. A consensus must carry the
-emotion: with fewer than ``MIN_DETAILS`` details over ``MIN_CHANNELS`` channels it is topped up from
-the personas' own phrases first, then the concept chain, and the stage's outcome says so
-(``topped_up``), as it says ``fallback`` when the call failed outright.
+The personas' and the chain's phrases that are usable (depictable, new to the user's words, leak-free) are
+sorted into slots by channel (palette, light, pose, setting, texture, one telling detail); the model picks
+one option per slot, and the server enforces the pick (each slot is an ``enum`` of its options). So the
+consensus integrates the personas' own ideas, as the method asks, and a 135M model can no longer write
+junk, copy the worked example or leave the emotion out. A consensus must carry the emotion: with fewer
+than ``MIN_DETAILS`` details over ``MIN_CHANNELS`` channels it is topped up from the same phrases, and the
+stage's outcome says so (``topped_up``), as it says ``fallback`` when the call failed outright.
 """
 
 from __future__ import annotations
@@ -20,14 +22,29 @@ from ed_agents.depictability import is_depictable, names_a_channel
 from ed_agents.errors import AllPersonasFailedError
 from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.lexicon import NEGATIVE_HINT
-from ed_agents.llm import LLMCallError
-from ed_agents.nodes.common import current_reactions, format_concepts, format_reactions, note
-from ed_agents.provenance import candidates, content, phrase_key, trace_phrase
+from ed_agents.llm import LLMCallError, reply_schema
+from ed_agents.nodes.common import current_reactions, note
+from ed_agents.provenance import Candidate, candidates, content, phrase_key, trace_phrase
 from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
 from ed_common.emotions import parse_emotion
 
 MIN_DETAILS = 4
 MIN_CHANNELS = 3
+
+# Consensus slot -> the channels whose phrases it offers; a phrase of no known channel is a "detail".
+SLOT_CHANNELS: dict[str, tuple[str, ...]] = {
+    "palette": ("color_palette",),
+    "light": ("lighting",),
+    "pose": ("expression_pose",),
+    "setting": ("environment", "composition"),
+    "texture": ("material_texture",),
+    "detail": ("symbolic_objects",),
+}
+# Options per slot: enough to choose from, few enough that the prompt stays short.
+MAX_CHOICES = 5
+# Content-word overlap (Jaccard) at which two phrases are one option: a small model's chain repeats a
+# phrase with one word changed across channels, and offering both fills two slots with one idea.
+NEAR = 0.6
 
 
 def usable_details(
@@ -91,6 +108,57 @@ def top_up(
     return added
 
 
+def slot_choices(
+    pool: Sequence[Candidate], user_prompt: str, checker: LeakChecker
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The options of each slot (slots without any left out), and the channel of each option by key.
+
+    Each usable phrase goes to one slot only, personas' phrases first, so no two slots offer the same one.
+    """
+    usable, _ = usable_details([c.text for c in pool], user_prompt, checker)
+    clean = {phrase_key(u): u for u in usable}
+    choices: dict[str, list[str]] = {slot: [] for slot in SLOT_CHANNELS}
+    channels: dict[str, str] = {}
+    offered: list[set[str]] = []
+    for cand in pool:
+        key = phrase_key(cand.text)
+        words = content(cand.text)
+        if key not in clean or any(_near(words, seen) for seen in offered):
+            continue  # "the empty bowl" = "empty bowl"; "fleeting light green blue" ~ "fleeting light blue"
+        offered.append(words)
+        phrase = clean.pop(key)
+        channel = cand.channel or channel_of(phrase)
+        slot = next((s for s, chs in SLOT_CHANNELS.items() if channel in chs), "detail")
+        if len(choices[slot]) < MAX_CHOICES:
+            choices[slot].append(phrase)
+            if channel:
+                channels[key] = channel
+    return {s: options for s, options in choices.items() if options}, channels
+
+
+def _near(a: set[str], b: set[str]) -> bool:
+    """Two phrases are one option when most of their content words are shared (Jaccard >= NEAR)."""
+    return bool(a | b) and len(a & b) / len(a | b) >= NEAR
+
+
+def choices_schema(choices: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The reply schema with each slot an ``enum`` of its options; slots without options are left out."""
+    schema = reply_schema(ConsensusReply)
+    props = schema["properties"]
+    for slot in SLOT_CHANNELS:
+        if slot in choices:
+            props[slot] = {"type": "string", "enum": list(choices[slot])}
+        else:
+            del props[slot]
+    schema["required"] = list(props)
+    return schema
+
+
+def format_choices(choices: Mapping[str, Sequence[str]]) -> str:
+    """The options as lines for the prompt's user part: ``palette: a | b``."""
+    return "\n".join(f"{slot}: {' | '.join(options)}" for slot, options in choices.items())
+
+
 def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Ask for the details; keep the usable ones, top them up to the floors, or compose them on failure."""
     ctx = context_of(runtime)
@@ -109,13 +177,14 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         warnings.append("every persona was dropped; the consensus uses the chain of concept alone")
     checker = leak_checker(ctx.prompts)
     user_prompt = " ".join(state["user_prompt"].split()).rstrip(",.;")
+    pool = candidates(reactions, chain)
+    choices, choice_channels = slot_choices(pool, user_prompt, checker)
     variables = {
         "emotion": emotion.value,
         "user_prompt": state["user_prompt"],
-        "persona_reactions": format_reactions(reactions),
-        "concepts": format_concepts(chain),
+        "choices": format_choices(choices),
     }
-    labels = chain_labels(chain)
+    labels = chain_labels(chain) | choice_channels
     details: list[str] = []
     dropped: list[str] = []
     avoid: list[str] = []
@@ -128,16 +197,18 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             run_index=run,
             repair=ctx.prompts.get("tasks/repair_output"),
             variables=variables,
+            json_schema=choices_schema(choices),
         )
     except LLMCallError as exc:
         trace = list(exc.trace)
         warnings.append(f"consensus failed ({exc}); composed the details from the personas and concepts")
     else:
         trace = list(result.trace)
-        slots = result.value.details()
+        slots = [(d, c) for d, c in result.value.details() if d]
         details, dropped = usable_details([d for d, _ in slots], user_prompt, checker)
         avoid, _ = usable_details(result.value.avoid, "", checker)
-        # A slot's phrase fills the channel the slot asks for (the model was asked for a palette there).
+        # A phrase the model wrote itself (a server that does not enforce the options) fills the channel
+        # its slot asks for; an offered option keeps its own channel.
         labels |= {phrase_key(d): c for d, c in slots if c and phrase_key(d) not in labels}
         outcome = result.outcome
     added = top_up(details, user_prompt, reactions, chain, checker, labels)
@@ -153,7 +224,6 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     trace.append(
         note(run, "write_consensus", f"{outcome}: kept {details}, added {added}, dropped {dropped}", outcome)
     )
-    pool = candidates(reactions, chain)
     phrases = [trace_phrase(d, pool, labels.get(phrase_key(d))) for d in [*details, *added]]
     return {
         "draft_prompt": draft,

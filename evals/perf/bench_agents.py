@@ -651,9 +651,8 @@ def llm_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     if not args.fake:
         yield args.url, "LLM server"
         return
-    sys.path.insert(0, str(REPO_ROOT))  # `tests` is not an installed package
-    from tests.fakes import fake_openai_server
-    from tests.fakes.fake_openai_server import FakeOpenAIServer
+    from ed_agents.testing import fake_openai_server
+    from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 
     # The fake's listen backlog is socketserver's default, 5: a burst of new connections past it (the
     # ceiling's batch, the higher levels) gets reset. A real server's is in the thousands.

@@ -42,7 +42,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from ed_agents.anchors import TokenCounter
 from ed_agents.errors import EmodirError
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, Settings, load_settings
+from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import Emotion
 from evals.records import SampleRecord
 from evals.scorers.cost import trace_costs
@@ -151,8 +151,7 @@ def llm_endpoint(args: argparse.Namespace) -> Iterator[tuple[str | None, str]]:
     if not args.fake:
         yield args.url, "LLM server"
         return
-    sys.path.insert(0, str(REPO_ROOT))  # `tests` is not an installed package
-    from tests.fakes.fake_openai_server import FakeOpenAIServer
+    from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 
     model = os.environ.get("EMODIR_LLM_MODEL", "smollm2")
     with FakeOpenAIServer(delay=args.fake_delay, model=model) as server:

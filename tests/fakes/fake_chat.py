@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from tests.fakes.fake_openai_server import generate_from_schema
+from ed_agents.testing.fake_openai_server import generate_from_schema
 
 Reply = str | BaseException | Callable[[list[BaseMessage]], str]
 

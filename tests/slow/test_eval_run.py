@@ -20,6 +20,7 @@ from cli import main
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
 from ed_agents.settings import REPO_ROOT, Settings
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from evals.report import finalize_run
 from evals.runner import run_suite
 from evals.shards import read_records
@@ -27,7 +28,6 @@ from evals.suite import Suite, load_suite
 from evals.systems import make_context_factory
 from tests.conftest import cli_env
 from tests.fakes.fake_chat import SchemaFakeChatModel
-from tests.fakes.fake_openai_server import FakeOpenAIServer
 from tests.fakes.fake_renderer import FakeRenderer
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app, main
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.pipeline import MCDiffusion, RenderRequest, get_renderer, resolve_preset
-from tests.fakes.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -19,9 +19,9 @@ import pytest
 
 from cli import main
 from ed_agents.settings import load_settings
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from graphs.session import SessionBusyError, check_session_name, session_lock
 from tests.cli_helpers import one_line
-from tests.fakes.fake_openai_server import FakeOpenAIServer
 
 
 def _completion(**changes: Any) -> bytes:

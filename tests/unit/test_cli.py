@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app, main
 from ed_agents.anchors import missing_anchors
-from tests.fakes.fake_openai_server import FakeOpenAIServer
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 
 runner = CliRunner()
 

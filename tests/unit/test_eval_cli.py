@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app, main
+from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from evals.shards import read_records
-from tests.fakes.fake_openai_server import FakeOpenAIServer
 
 runner = CliRunner()
 SUITE = """name: cli

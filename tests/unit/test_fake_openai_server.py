@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -18,9 +17,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tests.fakes.fake_openai_server import BROKEN_JSON, FakeOpenAIServer, generate_from_schema
-
-SCRIPT = Path(__file__).resolve().parents[1] / "fakes" / "fake_openai_server.py"
+from ed_agents.testing.fake_openai_server import BROKEN_JSON, FakeOpenAIServer, generate_from_schema
 
 
 class Shot(BaseModel):
@@ -160,7 +157,17 @@ def test_fail_json_first() -> None:
 def test_runs_as_a_script() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--port", "0", "--model", "tiny", "--fail-json-first", "1"],
+        [
+            sys.executable,
+            "-m",
+            "ed_agents.testing.fake_openai_server",
+            "--port",
+            "0",
+            "--model",
+            "tiny",
+            "--fail-json-first",
+            "1",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -8,14 +8,26 @@ import openai
 import pytest
 from langgraph.runtime import Runtime
 
+from ed_agents.clip_tokens import default_counter
+from ed_agents.context import build_context
 from ed_agents.errors import AllPersonasFailedError, InvalidInputError
+from ed_agents.leaks import leak_checker
 from ed_agents.lexicon import VISUAL
 from ed_agents.nodes.concepts import expand_concepts
-from ed_agents.nodes.consensus import MIN_CHANNELS, MIN_DETAILS, chain_labels, channels_of, write_consensus
+from ed_agents.nodes.consensus import (
+    MIN_CHANNELS,
+    MIN_DETAILS,
+    chain_labels,
+    channels_of,
+    choices_schema,
+    slot_choices,
+    write_consensus,
+)
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
 from ed_agents.nodes.understand import extract_anchors, understand_request
+from ed_agents.provenance import candidates, content
 from ed_agents.routing import route_after_verify, route_start
 from ed_agents.state import VISUAL_CHANNELS, ConceptChain, PersonaReaction, VisualConcepts
 from ed_common.emotions import Emotion
@@ -299,6 +311,68 @@ def test_consensus_drops_details_that_leak_schema_or_example_text(make_context: 
     assert "color_palette" not in out["draft_prompt"] and "slate grey" not in out["draft_prompt"]
     assert "{" not in out["draft_prompt"]
     assert "dog with bared teeth" in out["draft_prompt"]
+
+
+def test_the_consensus_offers_each_usable_phrase_once_in_the_slot_of_its_channel(
+    prompt_library: Any,
+) -> None:
+    reactions = [_reaction("child"), _reaction("zen_gardener")]  # the same phrases twice
+    pool = candidates(reactions, _chain())
+    choices, channels = slot_choices(pool, "an angry dog", leak_checker(prompt_library))
+    assert choices["palette"][-1] == "blood red" and choices["light"] == ["harsh side light"]
+    assert "storm clouds" in choices["setting"]
+    offered = [o for options in choices.values() for o in options]
+    # Each phrase once, across slots too, however it is worded ("the empty bowl" = "empty bowl").
+    assert len(offered) == len({frozenset(content(o)) for o in offered})
+    assert "the empty bowl" not in offered
+    assert "a dog by an empty bowl" in offered and all(options for options in choices.values())
+    assert channels["blood red"] == "color_palette"
+    assert not any(o in {"an angry dog", "dog"} for o in offered)  # the user's own words add nothing
+
+
+def test_near_duplicate_phrases_are_offered_once(prompt_library: Any) -> None:
+    chain = _chain().model_copy(
+        update={
+            "visual": VisualConcepts(
+                color_palette=["fleeting light blue"],
+                lighting=["fleeting light green blue", "light of fleeting blue"],
+                environment=["fleeting green blue"],
+            )
+        }
+    )
+    choices, _ = slot_choices(candidates([], chain), "a funeral", leak_checker(prompt_library))
+    offered = [o for options in choices.values() for o in options]
+    # 3/4 and all of the words shared: one option; 2/4 shared (light vs green): two options.
+    assert offered == ["fleeting light blue", "fleeting green blue"]
+
+
+def test_the_consensus_schema_makes_each_slot_an_enum_of_its_options() -> None:
+    schema = choices_schema({"palette": ["blood red", "black"], "detail": ["a torn leash"]})
+    props = schema["properties"]
+    assert props["palette"] == {"type": "string", "enum": ["blood red", "black"]}
+    assert props["detail"]["enum"] == ["a torn leash"]
+    assert set(props) == {"palette", "detail", "avoid"} == set(schema["required"])
+    assert schema["additionalProperties"] is False
+
+
+def test_a_server_enforcing_the_options_gives_a_consensus_used_as_written(
+    settings: Any, prompt_library: Any, fake_server: Any
+) -> None:
+    # Through HTTP with json_schema: the (fake) server answers within the enum, as vLLM's grammar does.
+    ctx = build_context(
+        settings.model_copy(update={"llm_base_url": fake_server.base_url}),
+        prompts=prompt_library,
+        tokens=default_counter(),
+    )
+    state = _consensus_state("an angry dog")
+    state["persona_reactions"] = [_reaction("child"), _reaction("war_photographer")]
+    out = write_consensus(state, _rt(ctx))
+    assert out["trace"][-1].outcome == "used", out["trace"][-1].note
+    sent = fake_server.requests[-1]["response_format"]["json_schema"]["schema"]["properties"]
+    options = {o for p in sent.values() for o in p.get("enum", [])}
+    added = out["draft_prompt"].split(", ")[1:]
+    assert added and set(added) <= options
+    assert all(p.source in ("persona", "concepts") for p in out["prompt_phrases"])
 
 
 def test_finalize_traces_phrases_to_personas_and_concepts(make_context: Any) -> None:

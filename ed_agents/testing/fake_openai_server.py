@@ -18,7 +18,8 @@ Use it in-process::
     with FakeOpenAIServer(delay=0.1) as server:
         llm = ChatOpenAI(base_url=server.base_url, api_key="EMPTY", model="smollm2")
 
-or as a process: ``python tests/fakes/fake_openai_server.py --port 8099 [--delay 0.2] [--fail-json-first 1]``.
+or as a process: ``python -m ed_agents.testing.fake_openai_server --port 8099 [--delay 0.2]
+[--fail-json-first 1]``.
 """
 
 from __future__ import annotations
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     base_url = server.start()
-    print(f"fake OpenAI server listening on {base_url}", flush=True)
+    print(f"fake OpenAI server listening on {base_url}", flush=True)  # noqa: T201  (a script's one line)
     try:
         while not stop.wait(0.5):
             pass

@@ -1,0 +1,1 @@
+"""Test doubles that ship with the package: tests and benchmarks import them without touching ``sys.path``."""
