@@ -399,8 +399,8 @@ def world_bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ed_diffusion.logs import quiet_third_party
+    from ed_diffusion.presets.world import install_world_preset
     from ed_diffusion.world.bench import BenchConfig, run_bench
-    from ed_diffusion.world.preset import install_world_preset
 
     quiet_third_party()
     overrides: dict[str, Any] = {}
@@ -426,7 +426,7 @@ def world_bench(
     out.print((out_dir / "results.md").read_text(encoding="utf-8"))
     out.print(f"[green]written[/] {esc(str(out_dir))}/results.json, results.md, samples.png")
     if install_preset and not quick:  # a --quick model is a smoke test, never the `world` preset
-        from ed_diffusion.world.preset import world_preset_ready
+        from ed_diffusion.presets.world import world_preset_ready
 
         target = _settings(ctx).cache_dir / "world-preset"
         if not world_preset_ready(target):

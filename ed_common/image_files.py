@@ -21,8 +21,10 @@ class ImageReadError(InvalidInputError):
     """An image file that is missing, undecodable, truncated or too large; the message names it."""
 
 
-def read_rgb(path: Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def read_rgb(path: Path, *, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
     """The image at ``path`` as RGB, fully decoded, the file closed; its size checked before decoding.
+
+    ``what`` names the image in errors ("training image").
 
     Raises:
         ImageReadError: missing, not an image, truncated, or over ``max_pixels`` (a decompression bomb).
@@ -34,11 +36,11 @@ def read_rgb(path: Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 width, height = im.size  # from the header: nothing is decoded yet
                 if width * height > max_pixels:
                     raise ImageReadError(
-                        f"image {path} is {width}x{height} pixels; allowed: at most {max_pixels} pixels"
+                        f"{what} {path} is {width}x{height} pixels; allowed: at most {max_pixels} pixels"
                     )
                 return im.convert("RGB")
     except FileNotFoundError:
-        raise ImageReadError(f"image {path} does not exist") from None
+        raise ImageReadError(f"{what} {path} does not exist") from None
     except (
         OSError,
         SyntaxError,
@@ -48,5 +50,5 @@ def read_rgb(path: Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     ) as exc:
         if isinstance(exc, ImageReadError):
             raise
-        detail = " ".join(str(exc).replace(repr(str(path)), "it").split())[:160]
-        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {detail}") from None
+        detail = " ".join(str(exc).replace(repr(str(path)), "").split())[:160]  # the path is named once
+        raise ImageReadError(f"cannot read {what} {path}: {type(exc).__name__}: {detail}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,109 +25,11 @@ from ed_common.limits import MAX_SEED
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.images import contact_sheet, save_png_atomic
 from ed_diffusion.model_source import ModelMissingError, load_diffusers_pipeline
+from ed_diffusion.presets import PresetSpec
 
 log = logging.getLogger(__name__)
 
-PresetName = Literal["tiny", "sd15", "sdxl"]
-PRESET_NAMES: tuple[str, ...] = ("tiny", "world", "sd15", "sdxl")
 NegativeVP = Literal["none", "opposite", "confusable"]
-
-
-@dataclass(frozen=True)
-class PresetSpec:
-    """What a preset loads, and its sampling defaults."""
-
-    name: str
-    kind: Literal["sd15", "sdxl"]
-    model: str  # hub id or local diffusers directory
-    bank: str | None  # visual-prompt bank (.safetensors)
-    adapter: str | None  # our adapter weights (.safetensors); None = a fresh, untrained adapter
-    steps: int
-    guidance: float
-    size: int
-    # Dir with text/ and image/ encoders for retrieval; None = the ids recorded in the bank's metadata.
-    encoders: str | None = None
-
-
-HUB_MODELS = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
-
-
-def resolve_preset(
-    name: str,
-    cache_dir: Path,
-    *,
-    model: str | None = None,
-    bank: str | None = None,
-    adapter: str | None = None,
-    on_progress: Callable[[str], None] | None = None,
-) -> PresetSpec:
-    """The preset ``name``, with explicit model/bank/adapter paths winning over its defaults.
-
-    ``tiny`` builds (once, into ``cache_dir``) random-weight SDXL-class components, tiny CLIP encoders, a bank
-    over a procedural toy dataset and a fresh adapter, so the whole production path runs on a CPU. ``world``
-    is the small SD 1.5-class model trained on the synthetic affective world (``ed_diffusion.world.preset``):
-    its images' emotion and content can be read back by the world's oracles (``emodir world check``).
-
-    Raises:
-        InvalidInputError: unknown preset name.
-        ModelMissingError: ``sd15``/``sdxl`` without a bank.
-    """
-    if name not in PRESET_NAMES:
-        raise InvalidInputError(f"unknown preset {name!r}; allowed: {', '.join(PRESET_NAMES)}")
-    if name == "tiny":
-        from ed_diffusion.tiny_preset import ensure_tiny_preset
-
-        files = ensure_tiny_preset(cache_dir / "tiny-preset", on_progress=on_progress)
-        return PresetSpec(
-            "tiny",
-            "sdxl",
-            model or str(files.pipeline),
-            bank or str(files.bank),
-            adapter or str(files.adapter),
-            steps=4,
-            guidance=5.0,
-            size=64,
-            encoders=str(files.encoders),
-        )
-    if name == "world":
-        from ed_diffusion.world.preset import ensure_world_preset
-
-        # All three given: nothing of the installed preset is used, so never train it for them.
-        world = (
-            None
-            if model and bank and adapter
-            else ensure_world_preset(cache_dir / "world-preset", on_progress=on_progress)
-        )
-        return PresetSpec(
-            "world",
-            "sd15",
-            model or str(world.pipeline if world else ""),
-            bank or str(world.bank if world else ""),
-            adapter or str(world.adapter if world else ""),
-            steps=15,  # the sampling the world benchmark measured
-            guidance=5.0,
-            size=32,
-            encoders=str(world.encoders) if world else None,
-        )
-    if bank is None:
-        raise ModelMissingError(
-            f"preset {name!r} needs a visual-prompt bank: build one with `emodir bank build` and pass --bank "
-            "(or set EMODIR_BANK)"
-        )
-    kind: Literal["sd15", "sdxl"] = "sd15" if name == "sd15" else "sdxl"
-    return PresetSpec(
-        name,
-        kind,
-        model or HUB_MODELS[name],
-        bank,
-        adapter,
-        steps=30,
-        guidance=7.5 if kind == "sd15" else 6.0,
-        size=512 if kind == "sd15" else 1024,
-    )
 
 
 @dataclass(frozen=True)

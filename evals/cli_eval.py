@@ -24,7 +24,7 @@ from ed_common.atomic import write_text_atomic
 from ed_common.paths import check_writable
 from ed_common.text import esc
 from evals.records import SampleRecord
-from evals.report import TableData, build_tables, compare_tables, key_table, load_run, to_markdown
+from evals.report import load_run
 from evals.shards import (
     Shard,
     detect_shard,
@@ -32,6 +32,7 @@ from evals.shards import (
     read_records,
 )
 from evals.suite import Suite, load_suite
+from evals.tables import TableData, build_tables, compare_tables, key_table, to_markdown
 
 eval_app = typer.Typer(
     no_args_is_help=True, help="Evaluate systems on a suite: scripted graph runs, metrics and reports."

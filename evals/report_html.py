@@ -17,7 +17,7 @@ from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import Emotion
 from ed_common.image_files import ImageReadError, read_rgb
 from evals.records import SampleRecord
-from evals.report import TableData, build_tables, key_metrics
+from evals.tables import TableData, build_tables, key_metrics
 
 CHART_SIZE = (640, 320)
 THUMB = 112  # thumbnail side in the image grid, pixels

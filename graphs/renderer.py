@@ -14,7 +14,9 @@ def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None
     Raises:
         ModelMissingError / BankError / AdapterError: one-line errors naming what is missing or wrong.
     """
-    from ed_diffusion.pipeline import get_renderer, resolve_preset
+    from ed_diffusion.pipeline import get_renderer
+    from ed_diffusion.presets import resolve_preset
+    from ed_diffusion.world.preset_build import ensure_world_preset
 
     spec = resolve_preset(
         settings.preset,
@@ -23,6 +25,7 @@ def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None
         bank=settings.bank,
         adapter=settings.adapter,
         on_progress=on_progress,
+        build_world=ensure_world_preset,  # the app's choice: train the world preset once if it is missing
     )
     renderer = get_renderer(spec, device=settings.device, dtype=settings.dtype)
     if on_progress is not None:

@@ -16,7 +16,9 @@ Visual tokens then reach the UNet as ``pipe(..., ip_adapter_image_embeds=[torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -332,3 +334,20 @@ def emotion_adapter_parameters(unet: UNet2DConditionModel) -> list[nn.Parameter]
         # nn.Linear annotates .weight as Tensor; it is the registered Parameter.
         params += [cast(nn.Parameter, to_k_ip.weight), cast(nn.Parameter, to_v_ip.weight)]
     return params
+
+
+@contextlib.contextmanager
+def reference_mode(unet: Any, lora: bool) -> Iterator[None]:
+    """The DPO reference: the same UNet with its adapters off (emotion scale 0, LoRA disabled), no grad."""
+    scales = [proc.scale for proc in emotion_attn_processors(unet).values()]
+    set_emotion_scale(unet, 0.0)
+    if lora:
+        unet.disable_adapters()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for proc, scale in zip(emotion_attn_processors(unet).values(), scales, strict=True):
+            proc.scale = scale
+        if lora:
+            unet.enable_adapters()

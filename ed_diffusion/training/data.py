@@ -74,9 +74,9 @@ def prepare_image(path: Path, resolution: int) -> PreparedImage:
     """
     _check_resolution(resolution)
     try:
-        rgb = read_rgb(path)
+        rgb = read_rgb(path, what="training image")
     except ImageReadError as exc:
-        raise DatasetError(f"training {exc}") from None
+        raise DatasetError(str(exc)) from None
     width, height = rgb.size
     scale = resolution / min(width, height)
     # max(): rounding must never leave a side shorter than the crop.

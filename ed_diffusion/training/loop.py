@@ -9,7 +9,6 @@ with its adapters disabled (emotion scale 0, LoRA off): no second UNet copy.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,18 @@ from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
+from ed_diffusion.encoders import FeatureEncoders
+from ed_diffusion.io import ATTN_PREFIX, PROJECTOR_PREFIX, load_adapter, save_adapter
 from ed_diffusion.model_source import check_diffusers_model, load_diffusers_pipeline
+from ed_diffusion.models.adapter import (
+    emotion_attn_processors,
+    get_emotion_projector,
+    install_emotion_adapter,
+    ip_linears,
+    reference_mode,
+)
+from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
+from ed_diffusion.presets import resolve_preset
 from ed_diffusion.training.checkpoints import (
     ResumeMismatchError,
     check_resumable,
@@ -40,7 +50,7 @@ from ed_diffusion.training.checkpoints import (
     set_aside,
     truncate_metrics,
 )
-from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig
+from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig, save_config
 from ed_diffusion.training.data import (
     PreferencePair,
     PreferencePairs,
@@ -91,8 +101,6 @@ class _Models:
 def _resolve_paths(cfg: TrainConfig, cache_dir: Path) -> tuple[str, str, str | None, str, str | None]:
     """(model dir, bank, adapter init, data, encoders dir) for the config."""
     if cfg.pretrained == TINY_PRESET:
-        from ed_diffusion.pipeline import resolve_preset
-
         spec = resolve_preset("tiny", cache_dir)
         toy = Path(str(spec.bank)).parent / "toy" / "toy_emotions.jsonl"
         return (
@@ -124,10 +132,6 @@ def check_inputs(cfg: TrainConfig, cache_dir: Path) -> None:
 
 def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init: str | None) -> _Models:
     from diffusers import DDPMScheduler, DiffusionPipeline
-
-    from ed_diffusion.io import load_adapter
-    from ed_diffusion.models.adapter import install_emotion_adapter
-    from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
 
     pipe = load_diffusers_pipeline(DiffusionPipeline, model_dir, "pretrained")
     is_xl = type(pipe).__name__.startswith("StableDiffusionXL")
@@ -167,7 +171,6 @@ def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init:
 
 
 def _trainable(cfg: TrainConfig, m: _Models) -> list[torch.nn.Parameter]:
-    from ed_diffusion.models.adapter import emotion_attn_processors, get_emotion_projector, ip_linears
 
     params: list[torch.nn.Parameter] = []
     if cfg.train_projector:
@@ -185,25 +188,6 @@ def _trainable(cfg: TrainConfig, m: _Models) -> list[torch.nn.Parameter]:
     return params
 
 
-@contextlib.contextmanager
-def reference_mode(unet: Any, lora: bool) -> Iterator[None]:
-    """The DPO reference: the same UNet with its adapters off (emotion scale 0, LoRA disabled), no grad."""
-    from ed_diffusion.models.adapter import emotion_attn_processors, set_emotion_scale
-
-    scales = [proc.scale for proc in emotion_attn_processors(unet).values()]
-    set_emotion_scale(unet, 0.0)
-    if lora:
-        unet.disable_adapters()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for proc, scale in zip(emotion_attn_processors(unet).values(), scales, strict=True):
-            proc.scale = scale
-        if lora:
-            unet.enable_adapters()
-
-
 # ---------------------------------------------------------------------------------------- visual prompts
 def _retrieve_indices(
     m: _Models,
@@ -214,7 +198,6 @@ def _retrieve_indices(
     seed: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per sample: positive cluster indices [N, k], negative emotion [N] and its indices [N, k]."""
-    from ed_diffusion.encoders import FeatureEncoders
 
     meta = m.bank.metadata
     text_id, image_id = meta.text_encoder, meta.image_encoder
@@ -426,8 +409,6 @@ def train(
         ConfigError: inconsistent paths or settings.
     """
     from accelerate import Accelerator
-
-    from ed_diffusion.training.config import save_config
 
     # Gradient accumulation is done by hand below: micro-steps derive their randomness from the step index,
     # which keeps resume exact, and checkpoints only ever fall on optimizer steps.
@@ -644,10 +625,6 @@ def _write_checkpoint(
 ) -> None:
     from safetensors.torch import save_file
 
-    from ed_diffusion.io import save_adapter
-    from ed_diffusion.models.adapter import get_emotion_projector
-    from ed_diffusion.training.config import save_config
-
     projector = get_emotion_projector(m.unet)
     k = cfg.num_tokens
     save_adapter(tmp / "adapter.safetensors", m.unet, projector.config, k, {"step": step})
@@ -693,9 +670,6 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, m: _Models, optimizer: Any, l
 
 def _adapter_state(path: Path, unet: Any) -> list[tuple[Tensor, Tensor]]:
     from safetensors.torch import load_file
-
-    from ed_diffusion.io import ATTN_PREFIX, PROJECTOR_PREFIX
-    from ed_diffusion.models.adapter import emotion_attn_processors, get_emotion_projector, ip_linears
 
     tensors = load_file(str(path))
     out: list[tuple[Tensor, Tensor]] = []

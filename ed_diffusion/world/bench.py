@@ -21,30 +21,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ed_common.atomic import write_json_atomic
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_common.git_state import git_dirty, git_sha
-from ed_diffusion.world.dataset import WorldPaths, make_world, typical_pairs, unusual_pairs
-from ed_diffusion.world.spec import WorldSpec
+from ed_diffusion.world.dataset import WorldPaths, make_world
+from ed_diffusion.world.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
+from ed_diffusion.world.metrics import aggregate, score_images
+from ed_diffusion.world.systems import train_systems
 
 log = logging.getLogger(__name__)
 
-SYSTEMS: tuple[str, ...] = ("text_only", "vp_sft", "vp_dpo", "vp_dpo_neg_vp")
-SYSTEM_LABELS = {
-    "text_only": "text-only baseline",
-    "vp_sft": "+ visual prompts (SFT)",
-    "vp_dpo": "+ DPO (image pairs)",
-    "vp_dpo_neg_vp": "+ DPO with negative VP",
-}
-METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
 ProgressFn = Callable[[int, str], None]  # (steps advanced, description)
-# Bump when a change to the world code (training, sampling, oracle scoring) or to the full schedule makes
-# stored results incomparable: a benchmark directory written by another version is not resumed, and an
-# installed `world` preset of another version is retrained. 2: the base model runs 850 steps, not 1000.
-BENCH_VERSION = 2
 RUN_ONLY_FIELDS = ("workers",)  # may change between a run and its resume
 
 
@@ -282,74 +270,11 @@ def run_seed(
     seed: int, cfg: BenchConfig, world_root: Path, vae_dir: Path, out: Path, relay: Any
 ) -> dict[str, Any]:
     """Train the four systems of one seed, evaluate them, write ``seed<N>/result.json`` (atomically)."""
-    from ed_diffusion.world.systems import train_systems
-
     seed_dir = out / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     result = train_systems(seed, cfg, WorldPaths.at(world_root), vae_dir, seed_dir, relay)
     write_json_atomic(seed_dir / "result.json", result, default=None)
     return result
-
-
-# ------------------------------------------------------------------------------------------- metrics
-def eval_pairs(cfg: BenchConfig, spec: WorldSpec | None = None) -> list[tuple[str, Emotion, str, int]]:
-    """(content, emotion, split, sample index) of every evaluation image: unusual pairs, then typical ones."""
-    rows = [(c, e, "unusual", i) for c, e in unusual_pairs(spec) for i in range(cfg.samples_per_pair)]
-    rows += [(c, e, "typical", i) for c, e in typical_pairs(spec) for i in range(cfg.samples_per_pair)]
-    return rows
-
-
-def score_images(
-    images: np.ndarray, pairs: list[tuple[str, Emotion, str, int]], spec: WorldSpec | None = None
-) -> dict[str, dict[str, float]]:
-    """Oracle metrics per split: emotion (colour reading), content, joint, shortcut rate, p(target)."""
-    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
-
-    world = spec or WorldSpec()
-    per: dict[str, list[dict[str, float]]] = {}
-    for img, (content, emotion, split, _) in zip(images, pairs, strict=True):
-        m = measure(img, world)  # once: both readings come from it
-        p = emotion_posterior(m, world, COLOUR_ATTRIBUTES)
-        drawn = content_from(m, world)
-        e_ok, c_ok = int(np.argmax(p)) == emotion.label_index, drawn == content
-        per.setdefault(split, []).append(
-            {
-                "emotion_acc": float(e_ok),
-                "content_acc": float(c_ok),
-                "joint_acc": float(e_ok and c_ok),
-                "shortcut_rate": float(
-                    drawn is not None and drawn != content and world.is_typical(drawn, emotion)
-                ),
-                "target_prob": float(p[emotion.label_index]),
-            }
-        )
-    return {
-        split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS} | {"n": len(rows)}
-        for split, rows in per.items()
-    }
-
-
-def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, sample std, min and max over seeds of every system x split x metric."""
-    out: dict[str, Any] = {}
-    for system in SYSTEMS:
-        out[system] = {}
-        for split in ("unusual", "typical"):
-            out[system][split] = {}
-            for metric in (*METRICS, "vp_gap", "vp_win_rate"):
-                vals = [s["systems"][system][split].get(metric) for s in seeds]
-                vals = [v for v in vals if v is not None]
-                if not vals:
-                    continue
-                arr = np.array(vals, dtype=np.float64)
-                out[system][split][metric] = {
-                    "mean": float(arr.mean()),
-                    "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-                    "min": float(arr.min()),
-                    "max": float(arr.max()),
-                    "n_seeds": len(arr),
-                }
-    return out
 
 
 def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, Any]:

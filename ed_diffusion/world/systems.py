@@ -11,13 +11,8 @@ import torch
 
 from ed_common.emotions import EMOTION_NAMES
 from ed_diffusion.world.dataset import WorldPaths
-
-ADAPTER_FILES = {
-    "vp_sft": "adapter_vp_sft.safetensors",
-    "vp_dpo": "adapter_vp_dpo.safetensors",
-    "vp_dpo_neg_vp": "adapter_vp_dpo_neg_vp.safetensors",
-}
-PIPELINE_DIR, BANK_FILE, ENCODERS_DIR = "pipeline", "bank.safetensors", "encoders"
+from ed_diffusion.world.layout import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR, SYSTEMS
+from ed_diffusion.world.metrics import eval_pairs, score_images
 
 
 def train_systems(
@@ -34,7 +29,6 @@ def train_systems(
     from ed_diffusion.io import save_adapter
     from ed_diffusion.models.adapter import install_emotion_adapter, set_emotion_scale
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
-    from ed_diffusion.world.bench import SYSTEMS, eval_pairs, score_images
     from ed_diffusion.world.data import load_split
     from ed_diffusion.world.model import (
         WorldModelConfig,

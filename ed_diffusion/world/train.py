@@ -20,8 +20,7 @@ import torch
 from torch import Tensor
 
 from ed_common.emotions import Emotion
-from ed_diffusion.models.adapter import emotion_adapter_parameters
-from ed_diffusion.training.loop import reference_mode
+from ed_diffusion.models.adapter import emotion_adapter_parameters, reference_mode
 from ed_diffusion.training.losses import diffusion_dpo_loss, negative_vp_dpo_loss, per_sample_mse
 from ed_diffusion.world.model import (
     WorldModelConfig,

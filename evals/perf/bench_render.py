@@ -34,7 +34,8 @@ NEGATIVE = "blurry"
 
 
 def _mc_render(cache: Path, size: int) -> Callable[[Path, int], None]:
-    from ed_diffusion.pipeline import RenderRequest, get_renderer, resolve_preset
+    from ed_diffusion.pipeline import RenderRequest, get_renderer
+    from ed_diffusion.presets import resolve_preset
 
     renderer = get_renderer(resolve_preset("tiny", cache))  # loads lazily, on the first render
 
@@ -58,7 +59,7 @@ def _stock_render(cache: Path, size: int) -> Callable[[Path, int], None]:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     spec = resolve_preset("tiny", cache)
     state: dict[str, Any] = {}
@@ -137,7 +138,7 @@ def main() -> int:
         print(json.dumps(worker(args.worker, args.cache, args.images, args.size)))
         return 0
     from ed_diffusion.logs import quiet_third_party
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     quiet_third_party()
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))

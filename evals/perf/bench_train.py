@@ -92,7 +92,7 @@ def main() -> int:
         print(json.dumps(worker(args.worker, args.cache, args.pairs, args.steps)))
         return 0
     from ed_diffusion.logs import quiet_third_party
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     quiet_third_party()
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))

@@ -49,17 +49,8 @@ def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
     return add
 
 
-def _load_builtin() -> None:
-    # The built-in scorers register themselves on import; imported here, not at module top, so the registry
-    # module has no import cycle with them.
-    import evals.scorers.cost
-    import evals.scorers.health
-    import evals.scorers.text  # noqa: F401
-
-
 def scorer_names() -> list[str]:
     """Every registered scorer name, sorted."""
-    _load_builtin()
     return sorted(_REGISTRY)
 
 

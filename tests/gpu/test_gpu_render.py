@@ -18,7 +18,8 @@ def test_tiny_preset_renders_on_cuda(tmp_path: Path, dtype: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from ed_diffusion.pipeline import MCDiffusion, RenderRequest, resolve_preset
+    from ed_diffusion.pipeline import MCDiffusion, RenderRequest
+    from ed_diffusion.presets import resolve_preset
 
     spec = resolve_preset("tiny", tmp_path / "cache")
     renderer = MCDiffusion(spec, device="cuda", dtype=dtype)

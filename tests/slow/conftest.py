@@ -11,7 +11,7 @@ import torch
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache directory holding the built tiny preset (one build per test module)."""
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cache")

@@ -15,7 +15,7 @@ from cli import main
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.errors import AdapterError, BankError
 from ed_diffusion.io import load_adapter
-from ed_diffusion.pipeline import resolve_preset
+from ed_diffusion.presets import resolve_preset
 
 pytestmark = pytest.mark.slow
 

@@ -194,7 +194,7 @@ def test_two_processes_split_the_samples_and_the_last_merges(tmp_path: Path, sui
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     cache = tmp_path_factory.mktemp("cache")
     resolve_preset("tiny", cache)  # build once for this module

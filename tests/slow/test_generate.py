@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from cli import app, main
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from ed_diffusion.bank import VisualPromptBank
-from ed_diffusion.pipeline import MCDiffusion, RenderRequest, get_renderer, resolve_preset
+from ed_diffusion.pipeline import MCDiffusion, RenderRequest, get_renderer
+from ed_diffusion.presets import resolve_preset
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -196,11 +197,11 @@ def test_missing_or_partial_model_dir_is_one_line(
     shutil.copytree(resolve_preset("tiny", tiny_env).model, partial)
     shutil.rmtree(partial / "unet")
     line = _one_line_error(capsys, ["generate", "a fox", "-e", "awe", "--no-agents", "--model", str(partial)])
-    assert "incomplete: missing unet" in line
+    assert "is not a complete diffusers model directory: missing unet" in line
     line = _one_line_error(
         capsys, ["generate", "a fox", "-e", "awe", "--no-agents", "--model", str(tmp_path / "nowhere")]
     )
-    assert "nowhere" in line and "offline" in line
+    assert "nowhere" in line and "neither an existing directory nor a hub id" in line
 
 
 def test_bad_bank_files_are_one_line(

@@ -92,7 +92,7 @@ def test_prepare_image_errors(tmp_path: Path) -> None:
         prepare_image(_solid(tmp_path / "a.png", (0, 0, 0)), 12)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(DatasetError, match="cannot decode training image"):
+    with pytest.raises(DatasetError, match="cannot read training image"):
         prepare_image(bad, 16)
 
 

@@ -37,7 +37,7 @@ def test_sft_resume_continues_exactly(cache: Path, tmp_path: Path) -> None:
 def test_dpo_with_negative_visual_prompt_runs_and_changes_the_adapter(cache: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from ed_diffusion.pipeline import resolve_preset
+    from ed_diffusion.presets import resolve_preset
 
     cfg = DPOTrainConfig(
         output_dir=str(tmp_path / "dpo"),

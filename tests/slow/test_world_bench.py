@@ -13,8 +13,9 @@ from PIL import Image
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_diffusion.world import make_world
-from ed_diffusion.world.bench import SYSTEMS, BenchConfig, run_bench
+from ed_diffusion.world.bench import BenchConfig, run_bench
 from ed_diffusion.world.data import load_split
+from ed_diffusion.world.layout import SYSTEMS
 from ed_diffusion.world.model import WorldModelConfig
 from ed_diffusion.world.train import (
     AdapterHyper,
@@ -223,8 +224,9 @@ def test_world_preset_trains_once_renders_through_generate_and_the_oracle_reads_
     from typer.testing import CliRunner
 
     from cli import app
-    from ed_diffusion.pipeline import resolve_preset
-    from ed_diffusion.world.preset import ensure_world_preset, world_preset_ready
+    from ed_diffusion.presets import resolve_preset
+    from ed_diffusion.presets.world import world_preset_ready
+    from ed_diffusion.world.preset_build import ensure_world_preset
 
     cache = tmp_path / "cache"
     cfg = BenchConfig.quick(seeds=(0,), workers=1, **TINY)  # type: ignore[arg-type]

@@ -141,7 +141,7 @@ def test_rich_tables_escape_markup_in_run_labels() -> None:
     from rich.console import Console
 
     from evals.cli_eval import _rich_table
-    from evals.report import TableData
+    from evals.tables import TableData
 
     console = Console(width=120, record=True)
     console.print(_rich_table(TableData("Comparison", ["metric", "runs[/]", "[red]b"], [["x", "1", "2"]])))

@@ -9,10 +9,11 @@ import pytest
 
 from ed_common.emotions import Emotion
 from evals.records import SampleRecord
-from evals.report import build_tables, markdown_report
+from evals.report import markdown_report
 from evals.report_html import html_report
 from evals.scorers import DEFAULT_SCORERS, get_scorer, scorer_names
 from evals.scorers.health import default_checker, sample_health
+from evals.tables import build_tables
 
 USER = "a dog on a porch"
 

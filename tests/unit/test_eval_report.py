@@ -18,10 +18,11 @@ from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from evals.aggregate import DefaultImageScorer, ImageItem, score_images_default, summarize
 from evals.records import SampleRecord
-from evals.report import compare_tables, finalize_run, load_run, markdown_report
+from evals.report import finalize_run, load_run, markdown_report
 from evals.report_html import CHART_SIZE, bar_chart
 from evals.shards import read_records
 from evals.suite import ImageScoringSection, Suite
+from evals.tables import compare_tables
 
 SUITE = Suite.model_validate(
     {

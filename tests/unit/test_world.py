@@ -303,7 +303,7 @@ def test_world_preset_copies_the_retrieval_encoders_its_bank_names(tmp_path: Pat
     import torch
 
     from ed_diffusion.bank import BankMetadata, VisualPromptBank
-    from ed_diffusion.world.preset import _encoders_of
+    from ed_diffusion.presets.world import _encoders_of
 
     enc = tmp_path / "bench" / "encoders"
     for name in ("a-other", "b-used"):

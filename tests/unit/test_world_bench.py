@@ -16,7 +16,9 @@ from ed_diffusion.world import (
     sample_attributes,
     sample_layout,
 )
-from ed_diffusion.world.bench import SYSTEMS, BenchConfig, aggregate, eval_pairs, score_images
+from ed_diffusion.world.bench import BenchConfig
+from ed_diffusion.world.layout import SYSTEMS
+from ed_diffusion.world.metrics import aggregate, eval_pairs, score_images
 from ed_diffusion.world.report import markdown_table
 from ed_diffusion.world.spec import WorldSpec
 from ed_diffusion.world.style import STYLE_DIM, style_features
@@ -182,8 +184,8 @@ def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: ob
     import json
     from pathlib import Path
 
-    from ed_diffusion.world.bench import BENCH_VERSION
-    from ed_diffusion.world.preset import PRESET_JSON, world_preset_ready
+    from ed_diffusion.presets.world import world_preset_ready
+    from ed_diffusion.world.layout import BENCH_VERSION, PRESET_JSON
 
     root = Path(str(tmp_path)) / "world-preset"
     assert not world_preset_ready(root)
@@ -201,7 +203,8 @@ def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: ob
 def test_resume_key_ignores_workers_but_not_the_schedule_or_code_version() -> None:
     from dataclasses import asdict
 
-    from ed_diffusion.world.bench import BENCH_VERSION, schedule_of
+    from ed_diffusion.world.bench import schedule_of
+    from ed_diffusion.world.layout import BENCH_VERSION
 
     base = asdict(BenchConfig.full()) | {"bench_version": BENCH_VERSION}
     assert schedule_of(base | {"workers": 1}) == schedule_of(base)
