@@ -9,6 +9,8 @@ depend on the same model it is guarding.
 
 from __future__ import annotations
 
+import re
+
 from ed_agents.anchors import STOPWORDS, words
 from ed_agents.state import VISUAL_CHANNELS
 
@@ -42,9 +44,18 @@ def is_depictable(phrase: str) -> bool:
     )
 
 
+# A letter four times in a row, or a "word" longer than any English one a painter would use: a token loop
+# inside one word ("iiiiiiiieeeee", "aaaaargh"), which the repeated-word check cannot see.
+_STUTTER = re.compile(r"(\w)\1{3,}")
+MAX_WORD_CHARS = 22
+
+
 def is_degenerate(phrase: str) -> bool:
-    """Whether a content word repeats in ``phrase`` ("red light red red", "foam foam"): a model's loop."""
+    """Whether ``phrase`` is a model's loop: a content word repeats ("red light red red", "foam foam"), or
+    one word stutters or runs on ("iiiiiiiiieeee")."""
     content = [w for w in words(phrase) if w not in STOPWORDS]
+    if any(len(w) > MAX_WORD_CHARS or _STUTTER.search(w) for w in content):
+        return True
     return len(set(content)) < len(content)
 
 

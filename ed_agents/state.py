@@ -206,6 +206,7 @@ class ConsensusReply(_Out):
     setting: str = Field("", description="Weather, time or surroundings, as a short phrase.", max_length=120)
     texture: str = Field("", description="A surface or texture, as a short phrase.", max_length=120)
     detail: str = Field("", description="One more telling object, as a short phrase.", max_length=120)
+    extra: str = Field("", description="A second telling object, as a short phrase.", max_length=120)
     avoid: list[str] = Field(
         default_factory=list, description="1-3 visual features of the opposite mood.", max_length=3
     )
@@ -219,6 +220,7 @@ class ConsensusReply(_Out):
             (self.setting, "environment"),
             (self.texture, "material_texture"),
             (self.detail, "symbolic_objects"),
+            (self.extra, "symbolic_objects"),
         ]
 
 

@@ -1,7 +1,7 @@
 """Stage 3: consensus. The user's words, unchanged, plus visual details chosen from the personas and concepts.
 
 The personas' and the chain's phrases that are usable (depictable, new to the user's words, leak-free) are
-sorted into slots by channel (palette, light, pose, setting, texture, one telling detail); the model picks
+sorted into slots by channel (palette, light, pose, setting, texture, two telling details); the model picks
 one option per slot, and the server enforces the pick (each slot is an ``enum`` of its options). So the
 consensus integrates the personas' own ideas, as the method asks, and a 135M model can no longer write
 junk, copy the worked example or leave the emotion out. A consensus must carry the emotion: with fewer
@@ -31,7 +31,8 @@ from ed_common.emotions import parse_emotion
 MIN_DETAILS = 4
 MIN_CHANNELS = 3
 
-# Consensus slot -> the channels whose phrases it offers; a phrase of no known channel is a "detail".
+# Consensus slot -> the channels whose phrases it offers; a phrase of no known channel is a detail. Two
+# detail slots: a small model's personas mostly write whole images no channel word classifies.
 SLOT_CHANNELS: dict[str, tuple[str, ...]] = {
     "palette": ("color_palette",),
     "light": ("lighting",),
@@ -39,6 +40,7 @@ SLOT_CHANNELS: dict[str, tuple[str, ...]] = {
     "setting": ("environment", "composition"),
     "texture": ("material_texture",),
     "detail": ("symbolic_objects",),
+    "extra": ("symbolic_objects",),
 }
 # Options per slot: enough to choose from, few enough that the prompt stays short.
 MAX_CHOICES = 5
@@ -128,7 +130,9 @@ def slot_choices(
         offered.append(words)
         phrase = clean.pop(key)
         channel = cand.channel or channel_of(phrase)
-        slot = next((s for s, chs in SLOT_CHANNELS.items() if channel in chs), "detail")
+        # The slots of its channel (two take objects and unclassified images): the one with fewest options.
+        slots = [s for s, chs in SLOT_CHANNELS.items() if channel in chs] or ["detail", "extra"]
+        slot = min(slots, key=lambda s: len(choices[s]))
         if len(choices[slot]) < MAX_CHOICES:
             choices[slot].append(phrase)
             if channel:

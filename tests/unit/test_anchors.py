@@ -81,7 +81,8 @@ def test_depictability_filter_separates_visible_from_invisible() -> None:
 
 def test_depictability_drops_small_model_debris() -> None:
     # Loops and cut-off tokens a 135M model leaves in its phrases: nothing a painter could paint.
-    for debris in ("red light red red", "foam foam", "l", "a l", "ii"):
+    debris_seen = ("iiiiiiiiiiiiiiiiiiiiiiiiiiiiiieeeeeeeeee", "aaaargh sky", "greyblackbluegreenwhitelight")
+    for debris in ("red light red red", "foam foam", "l", "a l", "ii", *debris_seen):
         assert not is_depictable(debris), debris
-    for phrase in ("red", "ink black", "a torn leash", "fog"):
+    for phrase in ("red", "ink black", "a torn leash", "fog", "a coffee cup", "weeping willow"):
         assert is_depictable(phrase), phrase
