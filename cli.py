@@ -442,18 +442,15 @@ def world_check(
     import numpy as np
 
     from ed_common.image_files import read_rgb
-    from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
+    from ed_diffusion.world.oracle import read_image
 
     table = Table("image", "emotion", "p", "content")
     for path in images:
         if not path.is_file():
             raise InvalidInputError(f"{path} is not a file; allowed: PNG images of the world")
-        pixels = np.asarray(read_rgb(path), dtype=np.uint8)
-        m = measure(pixels)  # once for both readings
-        probs = emotion_posterior(m, attributes=COLOUR_ATTRIBUTES)
-        best = int(np.argmax(probs))
+        reading = read_image(np.asarray(read_rgb(path), dtype=np.uint8))
         table.add_row(
-            esc(str(path)), Emotion.from_index(best).value, f"{probs[best]:.2f}", content_from(m) or "-"
+            esc(str(path)), reading.emotion.value, f"{reading.confidence:.2f}", reading.content or "-"
         )
     out.print(table)
 

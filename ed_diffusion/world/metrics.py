@@ -9,7 +9,7 @@ import numpy as np
 from ed_common.emotions import Emotion
 from ed_diffusion.world.dataset import typical_pairs, unusual_pairs
 from ed_diffusion.world.layout import SYSTEMS
-from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, content_from, emotion_posterior, measure
+from ed_diffusion.world.oracle import read_image
 from ed_diffusion.world.spec import WorldSpec
 
 METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
@@ -33,10 +33,9 @@ def score_images(
     world = spec or WorldSpec()
     per: dict[str, list[dict[str, float]]] = {}
     for img, (content, emotion, split, _) in zip(images, pairs, strict=True):
-        m = measure(img, world)  # once: both readings come from it
-        p = emotion_posterior(m, world, COLOUR_ATTRIBUTES)
-        drawn = content_from(m, world)
-        e_ok, c_ok = int(np.argmax(p)) == emotion.label_index, drawn == content
+        reading = read_image(img, world)
+        p, drawn = reading.posterior, reading.content
+        e_ok, c_ok = reading.emotion == emotion, drawn == content
         per.setdefault(split, []).append(
             {
                 "emotion_acc": float(e_ok),

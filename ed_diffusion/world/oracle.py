@@ -499,3 +499,27 @@ def emotion_of(
 ) -> Emotion:
     """The most likely emotion of an image."""
     return Emotion.from_index(int(np.argmax(emotion_scores(image, spec, attributes))))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the oracles read from one image: the emotion (colour reading) and the content drawn."""
+
+    emotion: Emotion
+    posterior: np.ndarray  # float64 [8], EmoSet order
+    content: str | None  # None: no recognisable silhouette
+
+    @property
+    def confidence(self) -> float:
+        """The posterior of the emotion read."""
+        return float(self.posterior[self.emotion.label_index])
+
+
+def read_image(image: np.ndarray, spec: WorldSpec | None = None) -> Reading:
+    """The benchmark's one way to read an image: one measurement, the colour reading and the silhouette.
+
+    ``emodir world check`` and the benchmark's metrics both use it, so they always agree.
+    """
+    m = measure(image, spec)
+    p = emotion_posterior(m, spec, COLOUR_ATTRIBUTES)
+    return Reading(Emotion.from_index(int(np.argmax(p))), p, content_from(m, spec))
