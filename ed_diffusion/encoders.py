@@ -351,7 +351,7 @@ def build_tiny_encoders(seed: int = 0, d_t: int = 32, d_v: int = 32) -> FeatureE
 
     if d_t < 1 or d_v < 1:
         raise InvalidInputError(f"tiny encoder dims must be >= 1, got d_t={d_t}, d_v={d_v}")
-    from ed_diffusion.tiny import build_tiny_tokenizer  # one file-less tokenizer for every tiny model
+    from ed_diffusion.tiny_models import build_tiny_tokenizer  # one file-less tokenizer for every tiny model
 
     tokenizer = build_tiny_tokenizer()
     text_cfg = CLIPTextConfig(

@@ -148,8 +148,8 @@ class MCDiffusion:
             start = time.perf_counter()
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+            from ed_diffusion.adapter_file import load_adapter
             from ed_diffusion.encoders import FeatureEncoders
-            from ed_diffusion.io import load_adapter
             from ed_diffusion.models.adapter import install_emotion_adapter
             from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
 

@@ -68,13 +68,13 @@ def _build(root: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from ed_common.emotions import EMOTION_NAMES
+    from ed_diffusion.adapter_file import save_adapter
     from ed_diffusion.bank import build_bank
     from ed_diffusion.data import load_jsonl_dataset, make_toy_dataset
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
-    from ed_diffusion.io import save_adapter
     from ed_diffusion.models.adapter import install_emotion_adapter
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
-    from ed_diffusion.tiny import ensure_tiny_pipeline_dir
+    from ed_diffusion.tiny_models import ensure_tiny_pipeline_dir
 
     files = _files(root)
     ensure_tiny_pipeline_dir(root, "sdxl")  # -> files.pipeline

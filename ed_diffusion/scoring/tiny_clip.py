@@ -27,7 +27,7 @@ def build_tiny_clip(seed: int = 0, dim: int = 32) -> ClipBundle:
     """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from ed_diffusion.tiny import build_tiny_tokenizer
+    from ed_diffusion.tiny_models import build_tiny_tokenizer
 
     if dim < 1:
         raise InvalidInputError(f"tiny CLIP dim must be >= 1, got {dim}")

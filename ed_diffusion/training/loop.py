@@ -28,10 +28,10 @@ from torch import Tensor
 
 from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
+from ed_diffusion.adapter_file import ATTN_PREFIX, PROJECTOR_PREFIX, load_adapter, save_adapter
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
 from ed_diffusion.encoders import FeatureEncoders
-from ed_diffusion.io import ATTN_PREFIX, PROJECTOR_PREFIX, load_adapter, save_adapter
 from ed_diffusion.model_source import check_diffusers_model, load_diffusers_pipeline
 from ed_diffusion.models.adapter import (
     emotion_attn_processors,

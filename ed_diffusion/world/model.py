@@ -3,7 +3,8 @@
 An SD 1.5-class ``StableDiffusionPipeline`` at 32 px: a VAE with one downsampling (32 px -> 16x16x4 latents),
 a UNet whose highest resolution has no attention (self-attention over 256 tokens per image is what makes a
 CPU step slow; the 8x8 level has self- and cross-attention), and the tiny CLIP text encoder of
-``ed_diffusion.tiny`` (with whole-word tokens for the world's vocabulary) trained from scratch with the UNet.
+``ed_diffusion.tiny_models`` (with whole-word tokens for the world's vocabulary) trained from scratch with
+the UNet.
 Saved with ``save_pretrained`` so the ``world`` preset loads it through the same ``from_pretrained`` path as
 SD 1.5.
 """
@@ -26,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ed_common.byte_alphabet import bytes_to_unicode
 from ed_common.emotions import EMOTION_NAMES
-from ed_diffusion.tiny import TEXT_HIDDEN, _text_config
+from ed_diffusion.tiny_models import TEXT_HIDDEN, _text_config
 
 # SD 1.5's noise schedule, so the world model samples with the same scheduler code as the real one.
 SCHEDULE: dict[str, Any] = {

@@ -25,8 +25,8 @@ def train_systems(
     """
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
+    from ed_diffusion.adapter_file import save_adapter
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
-    from ed_diffusion.io import save_adapter
     from ed_diffusion.models.adapter import install_emotion_adapter, set_emotion_scale
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
     from ed_diffusion.world.data import load_split

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from transformers.utils import logging as transformers_logging
 
 from ed_common.errors import EmodirError
+from ed_diffusion.adapter_file import AdapterInfo, load_adapter, save_adapter
 from ed_diffusion.errors import AdapterError
-from ed_diffusion.io import AdapterInfo, load_adapter, save_adapter
 from ed_diffusion.models import (
     EmotionTokenProjector,
     EmotionTokenProjectorConfig,
@@ -31,7 +31,7 @@ from ed_diffusion.models import (
     set_emotion_scale,
 )
 from ed_diffusion.models.adapter import emotion_attn_processors, get_emotion_projector, ip_linears
-from ed_diffusion.tiny import TINY_KINDS, build_tiny_sd15_pipeline, ensure_tiny_pipeline_dir
+from ed_diffusion.tiny_models import TINY_KINDS, build_tiny_sd15_pipeline, ensure_tiny_pipeline_dir
 
 pytestmark = pytest.mark.slow
 

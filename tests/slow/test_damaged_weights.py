@@ -12,9 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cli import main
+from ed_diffusion.adapter_file import load_adapter
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.errors import AdapterError, BankError
-from ed_diffusion.io import load_adapter
 from ed_diffusion.presets import resolve_preset
 
 pytestmark = pytest.mark.slow
