@@ -21,10 +21,10 @@ from rich.table import Table
 
 from ed_agents.chat_commands import COMMANDS, parse_command
 from ed_agents.errors import EmodirError, InvalidInputError
-from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.errors import validation_line
 from ed_common.paths import check_writable
+from ed_common.settings import Settings, load_settings
 from ed_common.text import esc
 from evals.cli_eval import eval_app
 

@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 from ed_agents.anchors import TokenCounter
 from ed_agents.llm import StructuredLLM, make_chat_model
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import Settings, load_settings
+from ed_common.settings import Settings, load_settings
 
 # The CLIP text encoder reads 77 tokens: BOS + 75 content tokens + EOS.
 CLIP_CONTENT_TOKENS = 75

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ValidationError
 from ed_agents.deadline import deadline_client
 from ed_agents.errors import LLMUnavailableError
 from ed_agents.prompts import PromptFile
-from ed_agents.settings import Settings
 from ed_agents.state import TraceEntry
+from ed_common.settings import Settings
 
 log = logging.getLogger(__name__)
 

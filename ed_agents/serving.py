@@ -5,7 +5,7 @@ from __future__ import annotations
 from ed_agents import llm_server
 from ed_agents.errors import LLMUnavailableError
 from ed_agents.llm_server import ProgressCallback, ServerConfig
-from ed_agents.settings import Settings
+from ed_common.settings import Settings
 
 
 def server_config(settings: Settings, *, model: str | None = None, port: int | None = None) -> ServerConfig:

@@ -40,12 +40,12 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
     return size
 
 
-class _CountingLoader(yaml.SafeLoader):
+class _CountingLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type stubs here
     """A SafeLoader that counts alias events while composing."""
 
     aliases = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:

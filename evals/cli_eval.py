@@ -19,9 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ed_agents.errors import EmodirError, InvalidInputError
-from ed_agents.settings import Settings, load_settings
 from ed_common.atomic import write_text_atomic
 from ed_common.paths import check_writable
+from ed_common.settings import Settings, load_settings
 from ed_common.text import esc
 from evals.records import SampleRecord
 from evals.report import load_run

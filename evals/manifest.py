@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import Settings
 from ed_common.git_state import git_dirty
 from ed_common.hashing import file_sha256
+from ed_common.settings import Settings
 from evals.shards import Shard
 from evals.suite import Suite
 from graphs.tool_node import _git_sha, _version  # one notion of "code version" for generate and eval runs

@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ed_agents.errors import InvalidInputError
-from ed_agents.settings import Settings
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import validation_line
 from ed_common.safe_yaml import load_yaml
+from ed_common.settings import Settings
 from evals.records import SampleSpec
 from evals.scorers.registry import DEFAULT_SCORERS, check_scorer_names
 
@@ -176,7 +176,7 @@ class Suite(_Strict):
         unknown = sorted(set(self.settings) - set(Settings.model_fields))
         if unknown:
             raise ValueError(
-                f"unknown setting(s) {', '.join(unknown)}; see ed_agents/settings.py for the keys"
+                f"unknown setting(s) {', '.join(unknown)}; see ed_common/settings.py for the keys"
             )
         refused = sorted(set(self.settings) - SUITE_SETTINGS)
         if refused:

@@ -33,9 +33,9 @@ from ed_agents.context import Context, build_context
 from ed_agents.errors import InvalidInputError
 from ed_agents.llm import LLMCallError
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import Settings
 from ed_agents.state import PersonaReaction, RevisedPrompt, TraceEntry
 from ed_agents.validation import check_request, select_personas
+from ed_common.settings import Settings
 from evals.records import PersonaText, SampleRecord, SampleSpec
 from evals.suite import Suite, SystemEntry
 from graphs.state import GraphState, RenderOptions

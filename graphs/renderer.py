@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ed_agents.settings import Settings
+from ed_common.settings import Settings
 
 
 def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None = None) -> Any:

@@ -15,10 +15,10 @@ from langgraph.runtime import Runtime
 
 from ed_agents.context import Context, context_of
 from ed_agents.errors import EmodirError
-from ed_agents.settings import REPO_ROOT
 from ed_common.atomic import write_json_atomic
 from ed_common.emotions import parse_emotion
 from ed_common.git_state import git_dirty, git_sha
+from ed_common.settings import REPO_ROOT
 from graphs.state import GraphState, RenderOptions
 
 MANIFEST_VERSION = 1

@@ -15,8 +15,8 @@ import pytest
 from ed_agents.clip_tokens import default_counter
 from ed_agents.context import Context, build_context
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, Settings, load_settings
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
+from ed_common.settings import REPO_ROOT, Settings, load_settings
 from tests.fakes.fake_chat import SchemaFakeChatModel
 
 PROMPTS_DIR = REPO_ROOT / "prompts"
@@ -30,7 +30,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
     monkeypatch.setenv("EMODIR_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EMODIR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("ed_agents.settings.DEFAULT_CONFIG_FILE", tmp_path / "no-config.toml")
+    monkeypatch.setattr("ed_common.settings.DEFAULT_CONFIG_FILE", tmp_path / "no-config.toml")
     monkeypatch.setenv("COLUMNS", "200")  # a wide non-TTY console for rich output
 
 

@@ -69,10 +69,10 @@ from ed_agents.context import Context, build_context
 from ed_agents.llm import make_chat_model
 from ed_agents.llm_server import is_reachable
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, Settings, load_settings
 from ed_agents.state import TraceEntry
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.safe_yaml import load_yaml
+from ed_common.settings import REPO_ROOT, Settings, load_settings
 from graphs.emotion_director import build_graph
 
 PROMPT = "an old fisherman mending a net on the pier"

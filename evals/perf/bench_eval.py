@@ -42,8 +42,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from ed_agents.anchors import TokenCounter
 from ed_agents.errors import EmodirError
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import Settings, load_settings
 from ed_common.emotions import Emotion
+from ed_common.settings import Settings, load_settings
 from evals.records import SampleRecord
 from evals.scorers.cost import trace_costs
 from evals.suite import PromptEntry, Suite, SystemEntry

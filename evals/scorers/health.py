@@ -21,8 +21,8 @@ from typing import Any, get_args
 from ed_agents.leaks import LeakChecker, leak_checker
 from ed_agents.nodes.consensus import MIN_CHANNELS, MIN_DETAILS
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import load_settings
 from ed_agents.state import StageOutcome
+from ed_common.settings import load_settings
 from evals.records import SampleRecord
 from evals.scorers.registry import GroupScore, register_scorer
 

@@ -15,8 +15,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from ed_agents.anchors import missing_anchors
 from ed_agents.clip_tokens import default_counter
 from ed_agents.llm import make_chat_model
-from ed_agents.settings import REPO_ROOT, load_settings
 from ed_agents.state import ContentAnchors
+from ed_common.settings import REPO_ROOT, load_settings
 from graphs.emotion_director import build_graph
 from tests.conftest import cli_env
 

@@ -19,8 +19,8 @@ from PIL import Image
 from cli import main
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, Settings
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
+from ed_common.settings import REPO_ROOT, Settings
 from evals.report import finalize_run
 from evals.runner import run_suite
 from evals.shards import read_records
@@ -44,7 +44,7 @@ import dataclasses, json, sys
 from pathlib import Path
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, load_settings
+from ed_common.settings import REPO_ROOT, load_settings
 from evals.report import finalize_run
 from evals.runner import run_suite
 from evals.shards import detect_shard, read_records

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from cli import main
-from ed_agents.settings import load_settings
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
+from ed_common.settings import load_settings
 from graphs.session import SessionBusyError, check_session_name, session_lock
 from tests.cli_helpers import one_line
 

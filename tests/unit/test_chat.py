@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from cli import app
 from ed_agents.chat_commands import ChatCommand, parse_command
 from ed_agents.errors import InvalidInputError
-from ed_agents.settings import REPO_ROOT
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
+from ed_common.settings import REPO_ROOT
 from graphs.session import ChatSession, list_sessions, open_checkpointer
 from tests.conftest import cli_env
 from tests.fakes.fake_chat import SchemaFakeChatModel

@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from ed_agents.settings import REPO_ROOT
+from ed_common.settings import REPO_ROOT
 from tests.conftest import cli_env
 
 TORCH_SIDE = {"torch", "ed_diffusion", "diffusers", "transformers", "accelerate"}
@@ -30,7 +30,7 @@ from pathlib import Path
 import evals.cli_eval, evals.report_html, evals.manifest
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import load_settings
+from ed_common.settings import load_settings
 from evals.report import finalize_run
 from evals.runner import run_suite
 from evals.shards import read_records

@@ -12,8 +12,8 @@ from langchain_core.messages import BaseMessage
 
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import Settings
 from ed_common.errors import InvalidInputError
+from ed_common.settings import Settings
 from evals.aggregate import summarize
 from evals.records import SampleRecord
 from evals.runner import run_suite

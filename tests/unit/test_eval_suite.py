@@ -8,9 +8,9 @@ import pytest
 
 from ed_agents.clip_tokens import default_counter
 from ed_agents.prompts import PromptLibrary
-from ed_agents.settings import REPO_ROOT, Settings
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
+from ed_common.settings import REPO_ROOT, Settings
 from evals.records import sample_id
 from evals.suite import Suite, load_suite
 from evals.systems import validate_suite

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ed_agents.settings import REPO_ROOT
+from ed_common.settings import REPO_ROOT
 
 # Run by a different interpreter (the server venv), never imported by the app.
 SERVER_SIDE = {"ed_agents/gguf_convert.py"}

@@ -13,7 +13,7 @@ import pytest
 
 from ed_agents.deadline import deadline_client
 from ed_agents.llm import make_chat_model
-from ed_agents.settings import Settings
+from ed_common.settings import Settings
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ed_agents.errors import InvalidInputError
-from ed_agents.settings import load_settings
+from ed_common.settings import load_settings
 
 
 def test_settings_precedence_flag_over_env_over_file_over_default(

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ed_agents.errors import InvalidInputError
+from ed_common.errors import InvalidInputError
 from ed_common.limits import MAX_SEED
 from ed_common.text import short_repr
 
@@ -29,7 +29,7 @@ DEFAULT_CONFIG_FILE = Path(user_config_dir("emodir")) / "config.toml"
 
 
 class Settings(BaseSettings):
-    """Every knob of Emotion-Director's agent side, with its default."""
+    """Every knob of Emotion-Director (agent, LLM server, renderer, files), with its default."""
 
     model_config = SettingsConfigDict(env_prefix="EMODIR_", extra="forbid", frozen=True)
 
