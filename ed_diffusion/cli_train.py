@@ -1,0 +1,72 @@
+"""`emodir train sft|dpo`: the emotion adapter's trainers (registered in ``cli.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ed_common.cli_io import err, out, settings_of
+from ed_common.errors import EmodirError, InvalidInputError
+from ed_common.paths import check_writable
+from ed_common.text import esc
+
+app = typer.Typer(no_args_is_help=True, help="Train the emotion adapter: SFT, then DPO with a negative VP.")
+
+
+def _train(ctx: typer.Context, config: Path, kind: str, resume: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ed_diffusion.logs import quiet_third_party
+    from ed_diffusion.training.config import DPOTrainConfig, SFTTrainConfig, load_config
+    from ed_diffusion.training.loop import check_inputs, train
+
+    quiet_third_party()
+    cfg = load_config(config, SFTTrainConfig if kind == "sft" else DPOTrainConfig)
+    check_writable(Path(cfg.output_dir), flag="output_dir")
+    settings = settings_of(ctx)
+    try:
+        check_inputs(cfg, settings.cache_dir)
+    except EmodirError as exc:
+        raise InvalidInputError(f"{config}: {exc}") from None
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task(f"train {kind}", total=cfg.max_steps, info="")
+
+        def on_step(step: int, total: int, row: dict[str, float]) -> None:
+            acc = next((v for k, v in row.items() if k.endswith("implicit_acc")), None)
+            info = f"loss {row['loss']:.4f}" + (f"  acc {acc:.2f}" if acc is not None else "")
+            progress.update(task, completed=step, total=total, info=info)
+
+        result = train(cfg, cache_dir=settings.cache_dir, resume=resume, progress=on_step)
+    out.print(
+        f"[green]done[/] at step {result.step}; checkpoint {esc(str(result.last_checkpoint))}; "
+        f"metrics {esc(str(result.metrics_file))}"
+    )
+
+
+@app.command("sft")
+def train_sft(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="TOML config (fields of SFTTrainConfig).")],
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints in output_dir.")] = False,
+) -> None:
+    """Stage 1: supervised training of the emotion adapter (epsilon MSE with visual prompts)."""
+    _train(ctx, config, "sft", not no_resume)
+
+
+@app.command("dpo")
+def train_dpo(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="TOML config (fields of DPOTrainConfig).")],
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints in output_dir.")] = False,
+) -> None:
+    """Stage 2: DPO with a negative visual prompt (optionally image-pair DPO and SFT terms)."""
+    _train(ctx, config, "dpo", not no_resume)

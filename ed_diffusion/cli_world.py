@@ -1,0 +1,103 @@
+"""`emodir world bench|check`: the synthetic affective world (registered in ``cli.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ed_common.cli_io import err, out, settings_of
+from ed_common.errors import InvalidInputError
+from ed_common.paths import check_writable
+from ed_common.text import esc
+
+app = typer.Typer(
+    no_args_is_help=True, help="The synthetic affective world: benchmark the trainers, check images."
+)
+
+
+def _seeds_option(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise InvalidInputError(f"--seeds {value!r} is not a list of integers; allowed: e.g. 0,1,2") from None
+    return seeds
+
+
+@app.command("bench")
+def world_bench(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Benchmark directory (resumed if it exists).")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny schedules: checks the path, not the claim.")
+    ] = False,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0,1,2).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Seeds trained in parallel processes (default 3, one thread each).")
+    ] = None,
+    install_preset: Annotated[
+        bool, typer.Option(help="Install the first seed as the `world` preset if the cache has none.")
+    ] = True,
+) -> None:
+    """Train text-only / +VP SFT / +DPO / +DPO with negative VP on the world; score unusual pairs."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ed_diffusion.logs import quiet_third_party
+    from ed_diffusion.presets.world import install_world_preset
+    from ed_diffusion.world.bench import BenchConfig, run_bench
+
+    quiet_third_party()
+    overrides: dict[str, Any] = {}
+    if (parsed := _seeds_option(seeds)) is not None:
+        overrides["seeds"] = parsed
+    if workers is not None:
+        overrides["workers"] = workers
+    cfg = BenchConfig.quick(**overrides) if quick else BenchConfig.full(**overrides)
+    check_writable(out_dir)
+    vae = 0 if (out_dir / "vae" / "config.json").is_file() else cfg.vae_steps
+    todo = [s for s in cfg.seeds if not (out_dir / f"seed{s}" / "result.json").is_file()]
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("world bench", total=vae + cfg.steps_per_seed() * len(todo))
+        results = run_bench(
+            out_dir, cfg, progress=lambda n, what: progress.update(task, advance=n, description=esc(what))
+        )
+    out.print((out_dir / "results.md").read_text(encoding="utf-8"))
+    out.print(f"[green]written[/] {esc(str(out_dir))}/results.json, results.md, samples.png")
+    if install_preset and not quick:  # a --quick model is a smoke test, never the `world` preset
+        from ed_diffusion.presets.world import world_preset_ready
+
+        target = settings_of(ctx).cache_dir / "world-preset"
+        if not world_preset_ready(target):
+            install_world_preset(out_dir, target, seed=results["seeds"][0]["seed"], replace=True)
+            out.print(f"installed the `world` preset in {esc(str(target))}")
+
+
+@app.command("check")
+def world_check(
+    images: Annotated[list[Path], typer.Argument(help="PNG images of the world (e.g. from --preset world).")],
+) -> None:
+    """Read emotion (colour oracle) and content (silhouette oracle) back from world images."""
+    import numpy as np
+
+    from ed_common.image_files import read_rgb
+    from ed_diffusion.world.oracle import read_image
+
+    table = Table("image", "emotion", "p", "content")
+    for path in images:
+        if not path.is_file():
+            raise InvalidInputError(f"{path} is not a file; allowed: PNG images of the world")
+        reading = read_image(np.asarray(read_rgb(path), dtype=np.uint8))
+        table.add_row(
+            esc(str(path)), reading.emotion.value, f"{reading.confidence:.2f}", reading.content or "-"
+        )
+    out.print(table)
