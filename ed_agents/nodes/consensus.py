@@ -21,12 +21,12 @@ from ed_agents.context import Context, context_of
 from ed_agents.depictability import is_depictable, names_a_channel
 from ed_agents.errors import AllPersonasFailedError
 from ed_agents.leaks import LeakChecker, leak_checker
-from ed_agents.lexicon import NEGATIVE_HINT
+from ed_agents.lexicon import NEGATIVE_HINT, VISUAL
 from ed_agents.llm import LLMCallError, reply_schema
 from ed_agents.nodes.common import current_reactions, note
 from ed_agents.provenance import Candidate, candidates, content, phrase_key, trace_phrase
 from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
-from ed_common.emotions import parse_emotion
+from ed_common.emotions import Emotion, parse_emotion
 
 MIN_DETAILS = 4
 MIN_CHANNELS = 3
@@ -92,9 +92,11 @@ def top_up(
     reactions: Sequence[PersonaReaction],
     chain: ConceptChain | None,
     checker: LeakChecker,
-    labels: Mapping[str, str],
+    labels: dict[str, str],
+    emotion: Emotion,
 ) -> list[str]:
-    """Details added from the inputs until the floors hold: missing channels first, personas first."""
+    """Details added from the inputs until the floors hold: missing channels first, personas first; then,
+    for channels no input covered, the built-in lexicon."""
     pool, _ = usable_details([c.text for c in candidates(reactions, chain)], user_prompt, checker)
     pool = [p for p in pool if phrase_key(p) not in {phrase_key(d) for d in details}]
     added: list[str] = []
@@ -107,6 +109,29 @@ def top_up(
         added.append(new)
     while pool and len(details) + len(added) < MIN_DETAILS:
         added.append(pool.pop(0))
+    if len(channels_of(details + added, labels)) < MIN_CHANNELS:
+        added += _lexicon_channels(details + added, user_prompt, emotion, checker, labels)
+    return added
+
+
+def _lexicon_channels(
+    have: list[str], user_prompt: str, emotion: Emotion, checker: LeakChecker, labels: dict[str, str]
+) -> list[str]:
+    """Built-in phrases for channels the run's own inputs never covered, until ``MIN_CHANNELS`` hold.
+
+    The last resort of the floor: a prompt must carry the emotion over several channels even when every
+    persona wrote whole images and the chain's phrases were unusable. They are traced as ``lexicon``.
+    """
+    added: list[str] = []
+    for channel, items in VISUAL[emotion].channel_items().items():
+        if len(channels_of(have + added, labels)) >= MIN_CHANNELS:
+            break
+        if channel in channels_of(have + added, labels):
+            continue
+        usable, _ = usable_details(items[:1], user_prompt, checker)
+        for phrase in usable:
+            labels[phrase_key(phrase)] = channel
+            added.append(phrase)
     return added
 
 
@@ -215,7 +240,7 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         # its slot asks for; an offered option keeps its own channel.
         labels |= {phrase_key(d): c for d, c in slots if c and phrase_key(d) not in labels}
         outcome = result.outcome
-    added = top_up(details, user_prompt, reactions, chain, checker, labels)
+    added = top_up(details, user_prompt, reactions, chain, checker, labels, emotion)
     if added and outcome != "fallback":
         outcome = "topped_up"
         warnings.append(
@@ -228,7 +253,13 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     trace.append(
         note(run, "write_consensus", f"{outcome}: kept {details}, added {added}, dropped {dropped}", outcome)
     )
-    phrases = [trace_phrase(d, pool, labels.get(phrase_key(d))) for d in [*details, *added]]
+    # The built-in phrases last: a phrase the run's own inputs also hold is theirs.
+    lexicon = [
+        Candidate(t, "lexicon", channel=c)
+        for c, items in VISUAL[emotion].channel_items().items()
+        for t in items
+    ]
+    phrases = [trace_phrase(d, [*pool, *lexicon], labels.get(phrase_key(d))) for d in [*details, *added]]
     return {
         "draft_prompt": draft,
         "prompt_phrases": phrases,

@@ -298,6 +298,30 @@ def test_consensus_that_returns_only_the_users_words_is_topped_up(make_context: 
     assert out["trace"][-1].outcome == "topped_up" and "added" in out["warnings"][0]
 
 
+def test_the_floor_holds_with_the_lexicon_when_no_input_covers_enough_channels(make_context: Any) -> None:
+    # Personas that wrote whole images of no channel, and no chain: the consensus picks what there is,
+    # and the built-in lexicon supplies the channels (traced as the lexicon's, not the model's).
+    reaction = PersonaReaction(
+        persona_id="child",
+        run_index=0,
+        feeling_trigger="one dish at home",
+        what_i_see=["sight of fangs", "the wish of many"],
+        strongest_image="a young fellow at the party",
+    )
+    state = {
+        "user_prompt": "a clown",
+        "target_emotion": "anger",
+        "run_index": 0,
+        "persona_reactions": [reaction],
+    }
+    out = write_consensus(state, _rt(make_context()))
+    phrases = out["prompt_phrases"]
+    assert len({p.channel for p in phrases if p.channel}) >= MIN_CHANNELS and len(phrases) >= MIN_DETAILS
+    lexicon = [p for p in phrases if p.source == "lexicon"]
+    assert lexicon and all(p.phrase in out["draft_prompt"] for p in lexicon)
+    assert any(p.source == "persona" for p in phrases)
+
+
 def test_consensus_drops_details_that_leak_schema_or_example_text(make_context: Any) -> None:
     reply = _consensus(
         palette="color_palette: red",
