@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         return 1
-    except typer.Abort:
-        err.print("aborted")
+    except typer.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+        err.print("interrupted: what was finished is kept (runs: with a manifest saying so)")
         return 130
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         if isinstance(exc, _click_errors()):

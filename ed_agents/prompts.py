@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ed_agents.errors import InvalidInputError, PromptValidationError
 from ed_agents.state import REPLY_SCHEMAS
 from ed_common.safe_yaml import load_yaml
+from ed_common.user_files import read_user_text
 
 USER_MARKER = "<!-- user -->"
 EXAMPLE_MARKER = "<!-- example -->"
@@ -171,9 +172,9 @@ def parse_prompt_file(path: Path) -> tuple[PromptFile | None, list[Problem]]:
     """Parse and validate one file; return it (or None on errors) and every problem found."""
     problems: list[Problem] = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [Problem(path, 1, f"cannot read file: {exc}")]
+        text = read_user_text(path, "prompt file", MAX_PROMPT_FILE_BYTES)
+    except InvalidInputError as exc:
+        return None, [Problem(path, 1, str(exc).replace(f"prompt file {path} ", "", 1))]
     match = _FRONT.match(text)
     if not match:
         return None, [Problem(path, 1, "missing YAML front-matter (a '---' block at the top)")]
@@ -369,6 +370,9 @@ class PromptLibrary:
         return len(self._files)
 
 
+# A persona or task file is a few KB; a bigger one is a mistake (or an attack on `prompts check`).
+MAX_PROMPT_FILE_BYTES = 64_000
+
 # The tasks MC-Agent and the evals' single-LLM baseline call, with the reply schema each one parses: a
 # library without one of them fails at the first rewrite that needs it, so `prompts check` refuses it.
 REQUIRED_TASKS: dict[str, str | None] = {
@@ -394,7 +398,10 @@ def check_prompt_dir(
     problems: list[Problem] = []
     files: dict[str, PromptFile] = {}
     if not root.is_dir():
-        return files, [Problem(root, 0, "prompts directory does not exist")]
+        problem = (
+            "is a file, not a prompts directory" if root.exists() else "prompts directory does not exist"
+        )
+        return files, [Problem(root, 0, problem)]
     personas = sorted((root / "personas").glob("*.md"))
     paths = personas + sorted((root / "tasks").glob("*.md"))
     if not paths:

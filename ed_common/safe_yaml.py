@@ -69,7 +69,10 @@ def load_yaml(text: str, *, where: str) -> Any:
     size = len(text.encode("utf-8", errors="replace"))
     if size > MAX_BYTES:
         raise InvalidInputError(f"{where}: {size} bytes of YAML; allowed: at most {MAX_BYTES}")
-    loader = _CountingLoader(text)
+    try:
+        loader = _CountingLoader(text)  # the reader refuses control characters here, as a YAMLError
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{where}: invalid YAML: {' '.join(str(exc).split())[:160]}") from None
     try:
         try:
             node = loader.get_single_node()

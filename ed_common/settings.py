@@ -7,6 +7,7 @@ file > the defaults below. Nodes never read the environment; they get what they 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic_settings import (
 from ed_common.errors import InvalidInputError
 from ed_common.limits import MAX_SEED
 from ed_common.text import short_repr
+from ed_common.user_files import read_user_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = Path(user_config_dir("emodir")) / "config.toml"
@@ -86,6 +88,30 @@ class Settings(BaseSettings):
     data_dir: Path = Path(user_data_dir("emodir"))
     cache_dir: Path = Path(user_cache_dir("emodir"))
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        # Checked here, not at the first request: a bad URL is a settings error, named as one.
+        if value is None:
+            return None
+        import httpx
+
+        try:
+            url = httpx.URL(value)
+            _ = url.port  # parses the port (99999 fails here)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise ValueError(f"not a URL ({' '.join(str(exc).split())[:100]})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("allowed: an http(s) URL with a host, e.g. http://127.0.0.1:8765/v1")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("allowed: cpu, cuda, cuda:N or mps")
+        return value
+
     @field_validator("personas", mode="before")
     @classmethod
     def _split_personas(cls, value: Any) -> Any:
@@ -138,8 +164,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         InvalidInputError: the config file was named but does not exist, or a value is invalid.
     """
     named = config_file or (Path(os.environ["EMODIR_CONFIG"]) if os.environ.get("EMODIR_CONFIG") else None)
-    if named is not None and not named.is_file():
-        raise InvalidInputError(f"config file {str(named)!r} does not exist")
     path = named or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
     from_file = _file_keys(path) if path is not None else set()
 
@@ -160,9 +184,7 @@ def _file_keys(path: Path) -> set[str]:
         InvalidInputError: the file is unreadable or not TOML.
     """
     try:
-        return set(tomllib.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"config file {path}: cannot read: {exc}") from None
+        return set(tomllib.loads(read_user_text(path, "config file")))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInputError(f"config file {path}: invalid TOML: {exc}") from None
 
@@ -184,5 +206,6 @@ def _one_line(exc: ValueError, path: Path | None, from_file: set[str], given: se
             source = f"config file {path}: "
         else:
             source = ""
-        parts.append(f"{source}setting {loc or '?'}={short_repr(err.get('input'))}: {err.get('msg')}")
+        msg = re.sub(r"^(Value|Assertion) error, ", "", str(err.get("msg")))
+        parts.append(f"{source}setting {loc or '?'}={short_repr(err.get('input'))}: {msg}")
     return "; ".join(parts)

@@ -87,10 +87,32 @@ class RenderResult:
 
 
 def pick_device(device: str | None) -> str:
-    """``cuda`` when available unless told otherwise."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``cuda`` when available unless told otherwise; a named device must exist on this machine.
+
+    Raises:
+        InvalidInputError: not a torch device name, or a GPU this machine does not have.
+    """
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InvalidInputError(
+            f"device {device!r} is not a device; allowed: cpu, cuda, cuda:N, mps"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInputError(f"device {device!r} is not available: this machine has no CUDA GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidInputError(
+                f"device {device!r} is not available: {count} GPU(s), cuda:0..{count - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {device!r} is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"device {device!r} is not supported; allowed: cpu, cuda, cuda:N, mps")
+    return device
 
 
 def pick_dtype(device: str, dtype: str | None) -> torch.dtype:

@@ -31,7 +31,7 @@ from evals.shards import (
     rank_device,
     read_records,
 )
-from evals.suite import Suite, load_suite
+from evals.suite import Suite, load_suite, run_identity
 from evals.tables import TableData, build_tables, compare_tables, key_table, to_markdown
 
 eval_app = typer.Typer(
@@ -118,8 +118,11 @@ def eval_run(
         raise InvalidInputError(f"--max-failed {max_failed}: allowed a share from 0 to 1")
     shard = detect_shard()
     out = _out_dir(out, settings, suite, shard)
+    identity = run_identity(settings)  # the settings from flags, env and config decide samples too
     check_writable(out)
-    check_out_dir(out, suite, suite_file, shard, resume)
+    check_out_dir(out, suite, suite_file, shard, resume, identity)
+    if resume and not out.exists():  # fine (a rerun of a failed start), but not what the user expected
+        err_console.print(f"--resume: {esc(str(out))} does not exist; starting a new run", highlight=False)
     prompts = PromptLibrary.load(settings.prompts_dir)
     tokens = default_counter()
     validate_suite(suite, prompts, tokens, settings)
@@ -163,6 +166,7 @@ def eval_run(
                 resume=resume,
                 shard=shard,
                 manifest=run_manifest(suite, suite_file, settings, prompts, renderer=renderer, shard=shard),
+                identity=identity,
                 suite_path=suite_file,
                 on_sample=on_sample,
                 on_start=lambda todo, owned: progress.update(task, total=todo),
@@ -229,9 +233,9 @@ def eval_report(
     if out is not None:  # before any work: a report must never replace what someone wrote
         if out.suffix.lower() not in (".md", ".markdown"):
             raise InvalidInputError(f"--out {out}: the table is written as Markdown; give a .md path")
+        check_writable(out, directory=False)  # first: --overwrite cannot help when --out is a directory
         if out.exists() and not overwrite:
             raise InvalidInputError(f"--out {out} already exists; pass --overwrite to replace it")
-        check_writable(out, directory=False)
     summaries = [load_run(run) for run in runs]
     labels = [run.name or str(run) for run in runs]
     if len(set(labels)) != len(labels):  # same directory names in different places: number them
@@ -247,8 +251,22 @@ def eval_report(
         tables = build_tables(summaries[0])
     else:
         tables = [compare_tables(list(zip(labels, summaries, strict=True)), wanted)]
+    if out is not None:  # before printing: a failed write must not follow a screenful of table
+        _write_markdown(out, to_markdown(tables))
     for t in tables:
         out_console.print(_rich_table(t))
     if out is not None:
-        write_text_atomic(out, to_markdown(tables))
         out_console.print(f"written {esc(str(out))}")
+
+
+def _write_markdown(out: Path, text: str) -> None:
+    """``text`` to ``out``, creating its directory as ``check_writable`` allowed.
+
+    Raises:
+        InvalidInputError: the write failed anyway (a full disk, a permission taken away), naming --out.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, text)
+    except OSError as exc:  # would otherwise name the temp file next to it
+        raise InvalidInputError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None

@@ -1,5 +1,7 @@
 """``manifest.json`` of an eval run: what reproduces it (suite and its hash, settings, seeds, models, prompt
-files, code version). Written by rank 0 when the run starts; ``--resume`` checks its fingerprint."""
+files, code version). Written by rank 0 when the run starts, which adds the suite's ``fingerprint`` and the
+run's ``identity`` (``suite.run_identity``: the effective settings that decide the samples); ``--resume``
+checks both (a manifest from before ``identity`` existed: the fingerprint only)."""
 
 from __future__ import annotations
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ed_common.atomic import write_json_atomic, write_text_atomic
 from ed_common.errors import InvalidInputError
-from evals.aggregate import ImageScorer, summarize
+from evals.aggregate import SUMMARY_VERSION, ImageScorer, summarize
 from evals.records import SampleRecord
 from evals.report_html import chart_pngs, html_report, write_plots
 from evals.shards import best_records, merge_lock, merge_samples, sample_files
 from evals.suite import Suite, load_suite
 from evals.tables import build_tables, to_markdown
+
+log = logging.getLogger(__name__)
+
+# What the report and its tables read from a summary (see ``aggregate.summarize``).
+_SUMMARY_KEYS = frozenset({"suite", "created", "n_planned", "n_recorded", "n_failed", "complete", "systems"})
 
 
 def markdown_report(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
@@ -44,13 +50,14 @@ def finalize_run(
 
 
 def load_run(out: Path, *, image_scorer: ImageScorer | None = None) -> dict[str, Any]:
-    """A run's summary, merging shards and re-scoring first when sample files are newer than it.
+    """A run's summary, merging shards and re-scoring first when sample files are newer than it (or it is
+    damaged: it is derived data).
 
     While a process of the run still appends (or another merges), nothing in ``out`` is written: the summary
     of what is recorded so far is computed and returned only.
 
     Raises:
-        InvalidInputError: ``out`` is not a run directory.
+        InvalidInputError: ``out`` is not a run directory, or a sample file is damaged (nothing is written).
     """
     if not (out / "suite.yaml").is_file():
         raise InvalidInputError(
@@ -59,7 +66,8 @@ def load_run(out: Path, *, image_scorer: ImageScorer | None = None) -> dict[str,
     summary_path = out / "summary.json"
     files = sample_files(out)
     stale = not summary_path.is_file() or any(f.stat().st_mtime > summary_path.stat().st_mtime for f in files)
-    if stale:
+    kept = None if stale else _read_summary(summary_path)
+    if kept is None:
         suite = load_suite(out / "suite.yaml")
         with merge_lock(out) as acquired:
             if acquired:
@@ -69,5 +77,24 @@ def load_run(out: Path, *, image_scorer: ImageScorer | None = None) -> dict[str,
         best = best_records(sample_files(out))
         records = [best[s.id] for s in suite.plan() if s.id in best]
         return summarize(suite, out, records, image_scorer=image_scorer)
-    data: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
-    return data
+    return kept
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """``summary.json`` as ``summarize`` wrote it, or None when it is damaged or of another version.
+
+    It is derived from the samples, so a bad one is stale, not an error: it is recomputed (and rewritten).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+        data = None
+    if (
+        isinstance(data, dict)
+        and data.get("summary_version") == SUMMARY_VERSION
+        and isinstance(data.get("systems"), dict)
+        and data.keys() >= _SUMMARY_KEYS
+    ):
+        return data
+    log.warning("%s is damaged or of another version; scoring the samples again", path)
+    return None

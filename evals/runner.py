@@ -25,6 +25,7 @@ from typing import Any
 from ed_agents.context import Context
 from ed_agents.errors import InvalidInputError
 from ed_common.atomic import write_json_atomic, write_text_atomic
+from ed_common.text import short_repr
 from evals.manifest import resumed_manifest
 from evals.records import SampleRecord, SampleSpec
 from evals.shards import (
@@ -77,14 +78,30 @@ class LockedRenderer:
             return self.inner.render(request)
 
 
-def prepare_out_dir(out: Path, suite: Suite, suite_path: Path | None, shard: Shard, resume: bool) -> None:
+def prepare_out_dir(
+    out: Path,
+    suite: Suite,
+    suite_path: Path | None,
+    shard: Shard,
+    resume: bool,
+    identity: dict[str, Any] | None = None,
+) -> None:
     """:func:`check_out_dir`, then create ``out`` (and ``images/``) and copy the suite into it."""
-    check_out_dir(out, suite, suite_path, shard, resume)
+    check_out_dir(out, suite, suite_path, shard, resume, identity)
     _make_out_dir(out, suite_path, shard)
 
 
-def check_out_dir(out: Path, suite: Suite, suite_path: Path | None, shard: Shard, resume: bool) -> None:
-    """Refuse a used ``out`` without ``resume``; with it, refuse a directory that is not a run of ``suite``.
+def check_out_dir(
+    out: Path,
+    suite: Suite,
+    suite_path: Path | None,
+    shard: Shard,
+    resume: bool,
+    identity: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a used ``out`` without ``resume``; with it, refuse a directory that is not a run of ``suite``
+    made with the settings ``identity`` (``suite.run_identity``; None = not checked), or whose sample files
+    are damaged.
 
     Writes nothing, so a command calls it before any work starts.
 
@@ -104,19 +121,44 @@ def check_out_dir(out: Path, suite: Suite, suite_path: Path | None, shard: Shard
                 f"--resume: {out} is not an eval run (it holds files but no manifest.json or samples); "
                 "choose a new or empty --out"
             ) from None
-    elif (out / "manifest.json").is_file():
-        try:
-            started = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
-        except (ValueError, AttributeError):
-            raise InvalidInputError(
-                f"--resume: {out / 'manifest.json'} is damaged (not a JSON object), so whether the suite "
-                "still matches cannot be checked; use a new --out"
-            ) from None
-        if started and started != suite.fingerprint():
-            raise InvalidInputError(
-                f"--resume: {suite_path or 'the suite'} no longer matches the run in {out} (its prompts, "
-                "emotions, systems, seeds, images or settings changed); use a new --out"
-            )
+    else:
+        if (out / "manifest.json").is_file():
+            _check_same_run(out, suite, suite_path, identity)
+        best_records(sample_files(out))  # a damaged sample file is refused now, not after the models load
+
+
+def _check_same_run(
+    out: Path, suite: Suite, suite_path: Path | None, identity: dict[str, Any] | None
+) -> None:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        raise InvalidInputError(
+            f"--resume: {out / 'manifest.json'} is damaged (not a JSON object), so whether the suite "
+            "still matches cannot be checked; use a new --out"
+        ) from None
+    started = manifest.get("fingerprint")
+    if started and started != suite.fingerprint():
+        raise InvalidInputError(
+            f"--resume: {suite_path or 'the suite'} no longer matches the run in {out} (its prompts, "
+            "emotions, systems, seeds, images or settings changed); use a new --out"
+        )
+    before = manifest.get("identity")
+    if identity is None or not isinstance(before, dict):
+        return  # a manifest written before runs recorded their settings: the fingerprint is all there is
+    # Only keys both know: a key a later version adds must not refuse the runs an earlier one made.
+    changed = [
+        f"{key} {short_repr(before[key])} -> {short_repr(value)}"
+        for key, value in identity.items()
+        if key in before and before[key] != value
+    ]
+    if changed:
+        raise InvalidInputError(
+            f"--resume: the run in {out} was made with other settings ({'; '.join(changed)}); give the same "
+            "flags, EMODIR_* variables and config, or use a new --out"
+        )
 
 
 def _only_a_start(out: Path) -> bool:
@@ -150,6 +192,7 @@ def run_suite(
     resume: bool = False,
     shard: Shard | None = None,
     manifest: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
     suite_path: Path | None = None,
     on_sample: OnSample | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -164,7 +207,10 @@ def run_suite(
         concurrency: samples in flight at once (threads).
         resume: continue a run in ``out``: skip samples recorded ok, redo failed and missing ones.
         shard: this process's rank and the process count (default: a single process).
-        manifest: what to write as ``manifest.json`` (rank 0); the suite fingerprint is added.
+        manifest: what to write as ``manifest.json`` (rank 0); the suite fingerprint and ``identity`` are
+            added.
+        identity: the effective settings that decide the samples (``suite.run_identity``): a resume with
+            other values is refused. None: not recorded, not checked.
         suite_path: the suite file, copied into ``out`` as ``suite.yaml``.
         on_sample: called (from worker threads) with each record as it is written.
         on_start: called with (samples to run now, samples owned) before the first one starts.
@@ -178,9 +224,13 @@ def run_suite(
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
     if suite.images_per_prompt and renderer is None:
         raise InvalidInputError(f"suite {suite.name!r} renders images but no renderer was given")
-    prepare_out_dir(out, suite, suite_path, shard, resume)
+    prepare_out_dir(out, suite, suite_path, shard, resume, identity)
     if manifest is not None and shard.rank == 0:
-        _write_manifest(out / "manifest.json", {**manifest, "fingerprint": suite.fingerprint()}, resume)
+        stamp = {
+            "fingerprint": suite.fingerprint(),
+            **({"identity": identity} if identity is not None else {}),
+        }
+        _write_manifest(out / "manifest.json", {**manifest, **stamp}, resume)
 
     plan = suite.plan()
     owned = [spec for i, spec in enumerate(plan) if shard.owns(i)]

@@ -3,9 +3,11 @@
 Processes coordinate through files only, no process group: under ``accelerate launch`` (or any launcher that
 sets ``RANK``/``WORLD_SIZE``) process ``r`` of ``w`` runs the samples at plan positions ``p % w == r`` and
 appends them to ``samples.rank{r}.jsonl``; a single process appends to ``samples.jsonl``. Each line is
-written with one ``write`` and ``fsync``ed, so a kill loses at most the line being written; a torn last line
-is cut off before appending again and ignored when reading. ``samples.jsonl`` after a merge is the union of
-every sample file, one record per id (ok beats error, then the later one), in plan order.
+written with one ``write`` and ``fsync``ed, so a kill leaves at most a torn last line (no trailing newline):
+it is ignored when reading, and set aside in ``<file>.torn`` before the file is appended to or rewritten, so
+no byte is ever deleted. An unparseable line anywhere else is damage, not a crash: reading refuses the file.
+``samples.jsonl`` after a merge is the union of every sample file, one record per id (ok beats error, then
+the later one), in plan order.
 
 A merge replaces ``samples.jsonl`` by rename, so it must never run while a process appends: a single
 process appends to that very file, and its open descriptor would keep writing into the replaced (unlinked)
@@ -23,6 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -119,7 +122,11 @@ def sample_files(out: Path) -> list[Path]:
 
 
 def read_records(path: Path) -> list[SampleRecord]:
-    """The records of one file; unparseable lines (a torn last line) are skipped with a warning."""
+    """The records of one file; a torn last line (no trailing newline) is skipped with a warning.
+
+    Raises:
+        InvalidInputError: any other line is not a sample record (the file is damaged, not interrupted).
+    """
     records = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, start=1):
@@ -128,7 +135,14 @@ def read_records(path: Path) -> list[SampleRecord]:
             try:
                 records.append(SampleRecord.model_validate_json(line))
             except ValidationError:
-                log.warning("%s:%d: not a complete sample record; that sample will be redone", path, number)
+                if line.endswith("\n"):  # a whole line: no crash mid-write leaves that, so it is damage
+                    raise InvalidInputError(
+                        f"{path}:{number}: not a sample record (only a torn last line is tolerated): the "
+                        "file is damaged; repair or remove that line (nothing was changed)"
+                    ) from None
+                log.warning(
+                    "%s:%d: a torn last line (interrupted write); that sample will be redone", path, number
+                )
     return records
 
 
@@ -151,32 +165,73 @@ def best_records(files: Iterable[Path]) -> dict[str, SampleRecord]:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def repair_tail(path: Path, *, block: int = 1 << 16) -> None:
-    """Cut a torn last line (no trailing newline) so the next append starts a fresh line.
+def torn_file(path: Path) -> Path:
+    """Where the torn last lines of ``path`` are set aside (``samples.jsonl.torn``; not a sample file)."""
+    return path.with_name(path.name + ".torn")
 
-    Reads backwards from the end in ``block``-byte steps until the last newline: a long run's file is not
-    read whole to repair a few bytes.
+
+def repair_tail(path: Path, *, block: int = 1 << 16) -> None:
+    """End ``path`` with a whole line, so the next append (or a rewrite) starts a fresh one.
+
+    A torn last line (no trailing newline) is appended to :func:`torn_file` and fsynced before it is cut, so
+    nothing is lost; a last line that is a whole record missing only its newline gets the newline (reading
+    counts it as done, so cutting it would lose a finished sample).
     """
     if not path.is_file():
         return
     with open(path, "r+b") as fh:
         size = fh.seek(0, os.SEEK_END)
-        keep = size
-        while keep > 0:
-            start = max(0, keep - block)
-            fh.seek(start)
-            chunk = fh.read(keep - start)
-            if keep == size and chunk.endswith(b"\n"):
-                return  # the file ends with a whole line
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            keep = start
+        keep = _torn_start(fh, size, block)
         if keep == size:
-            return  # empty file
-        log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, size - keep)
-        fh.truncate(keep)
+            return  # empty, or ends with a whole line
+        fh.seek(keep)
+        tail = fh.read()
+        if _is_record(tail):
+            fh.write(b"\n")
+        else:
+            _set_aside(path, tail)
+            log.warning(
+                "%s: moved a torn last line (%d bytes) left by an interrupted run to %s",
+                path,
+                size - keep,
+                torn_file(path),
+            )
+            fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _torn_start(fh: BinaryIO, size: int, block: int) -> int:
+    """The offset after the last newline (``size`` when the file ends with one or is empty).
+
+    Reads backwards from the end in ``block``-byte steps: a long run's file is not read whole to find it.
+    """
+    keep = size
+    while keep > 0:
+        start = max(0, keep - block)
+        fh.seek(start)
+        chunk = fh.read(keep - start)
+        if keep == size and chunk.endswith(b"\n"):
+            return size
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        keep = start
+    return 0
+
+
+def _is_record(data: bytes) -> bool:
+    try:  # decoded as read_records decodes, so both agree on what counts as a record
+        SampleRecord.model_validate_json(data.decode("utf-8", errors="replace"))
+    except ValidationError:
+        return False
+    return True
+
+
+def _set_aside(path: Path, tail: bytes) -> None:
+    # Appended (one line per torn tail) and fsynced before the caller cuts it: a crash in between keeps both.
+    with open(torn_file(path), "ab") as fh:
+        fh.write(tail + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -228,9 +283,14 @@ class SampleWriter:
 def merge_samples(out: Path, order: list[str]) -> list[SampleRecord]:
     """Rewrite ``samples.jsonl`` as the union of all sample files, in ``order`` (planned ids).
 
-    Shard files are kept: a rank still writing (see ``runner``) never loses a line to a merge.
+    Shard files are kept: a rank still writing (see ``runner``) never loses a line to a merge. A torn last
+    line of ``samples.jsonl`` itself is set aside first (see :func:`repair_tail`).
+
+    Raises:
+        InvalidInputError: a sample file is damaged (see :func:`read_records`); nothing is written then.
     """
     best = best_records(sample_files(out))
+    repair_tail(out / SAMPLES)
     position = {sid: i for i, sid in enumerate(order)}
     stray = sorted(set(best) - set(position))
     if stray:

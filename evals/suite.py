@@ -3,7 +3,9 @@
 A suite file is data. Every section is a pydantic model with ``extra="forbid"``, so a typo is an error
 naming the file and the field instead of a silently ignored key. The *generation fingerprint* hashes only
 what decides the samples (not the scoring section), so a run can be resumed, or re-scored, after the
-scorers changed, but never after the prompts, systems or seeds did.
+scorers changed, but never after the prompts, systems or seeds did. The settings that decide the samples may
+also come from flags, ``EMODIR_*`` variables or a config file, not the suite: :func:`run_identity` collects
+their effective values, and together with the fingerprint they are what a resume must repeat.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import validation_line
 from ed_common.safe_yaml import load_yaml
 from ed_common.settings import Settings
+from ed_common.user_files import read_user_text
 from evals.records import SampleSpec
 from evals.scorers.registry import DEFAULT_SCORERS, check_scorer_names
 
@@ -148,6 +151,32 @@ SUITE_SETTINGS = frozenset(
 )
 
 
+# The effective settings that change what a sample contains (its prompt, personas, images), wherever they
+# were set. Not paths to read from, servers, devices or timeouts: those may differ between attempts of a run.
+IDENTITY_SETTINGS = (
+    "preset",
+    "diffusion_model",
+    "bank",
+    "adapter",
+    "llm_model",
+    "llm_serve_model",
+    "llm_structured",
+    "temperature",
+    "n_personas",
+    "personas",
+    "seed",
+    "max_tokens",
+    "max_prompt_tokens",
+)
+
+
+def run_identity(settings: Settings) -> dict[str, Any]:
+    """The :data:`IDENTITY_SETTINGS` of ``settings`` as JSON values (as ``manifest.json`` stores them), in
+    that order (the order a refused resume lists the changes in)."""
+    values = settings.model_dump(mode="json", include=set(IDENTITY_SETTINGS))
+    return {key: values[key] for key in IDENTITY_SETTINGS}
+
+
 class Suite(_Strict):
     """A whole eval suite."""
 
@@ -230,7 +259,8 @@ class Suite(_Strict):
         raise KeyError(name)
 
     def fingerprint(self) -> str:
-        """sha256 over everything that decides the samples (not the scoring sections)."""
+        """sha256 over everything in the suite that decides the samples (not the scoring sections; settings
+        from elsewhere are :func:`run_identity`'s)."""
         data = self.model_dump(
             mode="json", include={"emotions", "prompts", "systems", "seeds", "images_per_prompt", "render"}
         )
@@ -239,19 +269,13 @@ class Suite(_Strict):
 
 
 def load_suite(path: Path) -> Suite:
-    """Read and validate a suite file (``yaml.safe_load`` only).
+    """Read and validate a suite file (bounded, ``ed_common.safe_yaml``: plain data only).
 
     Raises:
-        InvalidInputError: missing file, bad YAML (with its line), or every schema problem at once, each
-            named by file and field.
+        InvalidInputError: missing, not a file, too large, bad YAML (with its line), or every schema
+            problem at once, each named by file and field.
     """
-    if not path.is_file():
-        raise InvalidInputError(f"suite file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: cannot read: {exc}") from None
-    raw = load_yaml(text, where=str(path))
+    raw = load_yaml(read_user_text(path, "suite file"), where=str(path))
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{path}: a suite is a mapping of keys (name, prompts, systems, ...)")
     try:

@@ -32,6 +32,8 @@ def _personas_option(value: str | None) -> tuple[str, ...] | None:
     ids = tuple(p.strip() for p in value.split(",") if p.strip())
     if not ids:
         raise InvalidInputError(f"--personas {value!r} names no persona; give ids separated by commas")
+    if len(set(ids)) < len(ids):
+        raise InvalidInputError(f"--personas {value!r} repeats an id; give each persona once")
     return ids
 
 
@@ -236,7 +238,11 @@ def generate(
     if out_dir is not None and out_dir.exists():
         raise OutputExistsError(f"output path {out_dir} already exists; choose a new --out")
     check_writable(out_dir or settings.runs_dir, flag="--out" if out_dir else "runs_dir")
-    if settings.diffusion_model:  # checked now, not after the agents' minute of work
+    if settings.device:  # checked now, not after the agents' minute of work
+        from ed_diffusion.pipeline import pick_device
+
+        pick_device(settings.device)
+    if settings.diffusion_model:
         from ed_diffusion.model_source import check_diffusers_model
 
         check_diffusers_model(settings.diffusion_model, "--model")
@@ -300,10 +306,12 @@ def chat(
     if emotion is not None:
         parse_emotion(emotion)
     # Name and lock first: a bad name or a session open elsewhere fails before the server is started.
-    with session_lock(settings.sessions_db, check_session_name(session)):
+    with (
+        session_lock(settings.sessions_db, check_session_name(session)),
+        open_checkpointer(settings.sessions_db) as saver,  # a damaged store fails here, before the server
+    ):
         context = _agent_context(settings, autostart=settings.autostart and not no_autostart)
-        with open_checkpointer(settings.sessions_db) as saver:
-            ChatRepl(ChatSession(saver, context, session), settings, emotion).loop()
+        ChatRepl(ChatSession(saver, context, session), settings, emotion).loop()
 
 
 class ChatRepl:
@@ -335,6 +343,11 @@ class ChatRepl:
                 line = Prompt.ask("[bold cyan]you[/]", console=out)
             except (EOFError, KeyboardInterrupt):
                 break
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the terminal's locale could not decode
+                out.print("[red]error:[/] that line is not valid UTF-8; type it again")
+                continue
             try:
                 if self.handle(line) is False:
                     break

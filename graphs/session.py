@@ -104,13 +104,34 @@ def make_serde() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=_STATE_TYPES)
 
 
+class SessionStoreError(EmodirError):
+    """The sessions database cannot be read (not a database, damaged, locked or read-only)."""
+
+
+def _check_store(conn: sqlite3.Connection, db: Path) -> None:
+    # sqlite3.connect accepts any file; the first statement is where a damaged one fails. Ask now, so the
+    # error names the file instead of surfacing mid-run from inside the checkpointer.
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise SessionStoreError(
+            f"the session store {db} cannot be used ({exc}); move it aside to start with no sessions"
+        ) from None
+
+
 @contextmanager
 def open_checkpointer(db: Path) -> Iterator[SqliteSaver]:
-    """A SQLite checkpointer on ``db`` (created with its folder if missing)."""
+    """A SQLite checkpointer on ``db`` (created with its folder if missing).
+
+    Raises:
+        SessionStoreError: ``db`` exists but is not a usable SQLite database.
+    """
     db.parent.mkdir(parents=True, exist_ok=True)
     # Persona branches run in worker threads and all write checkpoints: allow cross-thread use
     # (SqliteSaver serialises access with its own lock).
     conn = sqlite3.connect(db, check_same_thread=False)
+    _check_store(conn, db)
     try:
         yield SqliteSaver(conn, serde=make_serde())
     finally:
@@ -118,10 +139,15 @@ def open_checkpointer(db: Path) -> Iterator[SqliteSaver]:
 
 
 def list_sessions(db: Path) -> list[str]:
-    """Names of the sessions stored in ``db`` (empty if there is no database yet)."""
+    """Names of the sessions stored in ``db`` (empty if there is no database yet).
+
+    Raises:
+        SessionStoreError: ``db`` exists but is not a usable SQLite database.
+    """
     if not db.is_file():
         return []
     conn = sqlite3.connect(db)
+    _check_store(conn, db)
     try:
         rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id").fetchall()
     except sqlite3.OperationalError:  # a database without our tables yet

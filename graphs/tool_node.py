@@ -111,7 +111,11 @@ def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
         width=options.width,
         height=options.height,
     )
-    result = renderer.render(request)
+    try:
+        result = renderer.render(request)
+    except BaseException as exc:  # Ctrl-C or a failure mid-run: the images so far still get a manifest
+        write_json_atomic(run_dir / "manifest.json", partial_manifest(state, options, run_dir, exc))
+        raise
     manifest = write_json_atomic(run_dir / "manifest.json", build_manifest(state, options, result))
     return {
         "run_dir": str(run_dir),
@@ -157,6 +161,33 @@ def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> di
             "llm_s": round(sum(t.latency_s for t in trace), 4),
         },
         "warnings": [w for w in state.get("warnings", [])],
+        "status": "finished",
+    }
+
+
+def partial_manifest(
+    state: GraphState, options: RenderOptions, run_dir: Path, exc: BaseException
+) -> dict[str, Any]:
+    """The manifest of a run that stopped before its last image: its inputs, the images it left, and why."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "status": "interrupted" if interrupted else "failed",
+        "error": None if interrupted else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+        "emodir_version": _version(),
+        "git_sha": _git_sha(),
+        "git_dirty": git_dirty(REPO_ROOT),
+        "inputs": {
+            "user_prompt": state["user_prompt"],
+            "emotion": parse_emotion(state["target_emotion"]).value,
+            "personas": state.get("persona_ids", []),
+            "agents": state.get("agents", True),
+        },
+        "final_prompt": state.get("final_prompt"),
+        "negative_prompt": state.get("negative_prompt", ""),
+        "render_options": options.model_dump(),
+        "images": sorted(p.name for p in run_dir.glob("image_*.png")),
     }
 
 

@@ -30,9 +30,9 @@ PAIRS = [
     ("a bus stop in the rain", "excitement"),
 ]
 # Floors (share of runs or calls), from the measured rates minus noise; see docs/agent-health.md.
-PERSONAS_USED = 0.85
+PERSONAS_USED = 0.90
 CHAIN_BY_LLM = 0.80
-CONSENSUS_BY_LLM = 0.60  # used, repaired or topped up: the LLM's details are in the prompt
+CONSENSUS_BY_LLM = 0.66  # used as chosen or repaired (4 of the 6 runs); measured 92.5%, free slots had 27.5%
 MIN_ADDED, MIN_CHANNELS = 4, 3
 
 
@@ -56,7 +56,8 @@ def test_real_agent_uses_its_own_output(real_context: Any) -> None:
     report = dict(outcomes)
     assert share("react_as_persona", ("used", "repaired")) >= PERSONAS_USED, report
     assert share("expand_concepts", ("used", "repaired")) >= CHAIN_BY_LLM, report
-    assert share("write_consensus", ("used", "repaired", "topped_up")) >= CONSENSUS_BY_LLM, report
+    assert share("write_consensus", ("used", "repaired")) >= CONSENSUS_BY_LLM, report
+    assert outcomes[("write_consensus", "fallback")] <= 1, report  # measured 0 of 40
     for out in outs:
         final = out["final_prompt"]
         assert not missing_anchors(final, out["anchors"]), final

@@ -224,3 +224,91 @@ def test_generate_checks_its_model_files_before_the_agents_run(
     monkeypatch.setenv("EMODIR_LLM_BASE_URL", "http://127.0.0.1:9/v1")
     argv = ["generate", "a dog", "-e", "fear", "--no-autostart", "--out", str(tmp_path / "r"), *flags]
     assert message in one_line(capsys, argv)
+
+
+# ---------------------------------------------------------------------------- more files and values
+@pytest.mark.parametrize("char", ["\x1b", "\x00", "\x07"])
+def test_yaml_with_a_control_character_is_one_line(tmp_path: Path, capsys: Any, char: str) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: x{char}[31m\nemotions: [fear]\n")
+    line = one_line(capsys, ["eval", "run", str(suite), "--out", str(tmp_path / "r")])
+    assert "invalid YAML" in line and str(suite) in line
+
+
+def test_a_prompt_file_with_a_control_character_in_its_front_matter_is_a_problem(tmp_path: Path) -> None:
+    from ed_agents.prompts import parse_prompt_file
+
+    path = tmp_path / "ctl.md"
+    path.write_text("---\nid: ctl\x1b[31m\nkind: persona\nversion: 1\ndescription: d\n---\nYou.\n")
+    parsed, problems = parse_prompt_file(path)
+    assert parsed is None and any("invalid YAML" in p.message for p in problems)
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as f:  # a big file without writing its bytes
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: _sparse(t / "big.toml", 50_000_000), "is over 1000000 bytes"),
+        (lambda t: (t / "cfgdir").mkdir() or t / "cfgdir", "is a directory; give a file"),
+        (lambda t: Path("/dev/zero"), "is not a regular file"),
+        (lambda t: t / "none.toml", "does not exist"),
+        (lambda t: (t / "bin.toml").write_bytes(b"a = '\xff'\n") and t / "bin.toml", "is not UTF-8 text"),
+    ],
+    ids=["huge", "directory", "device", "missing", "binary"],
+)
+def test_a_config_file_is_checked_before_it_is_read(
+    tmp_path: Path, capsys: Any, make: Any, message: str
+) -> None:
+    path = make(tmp_path)
+    line = one_line(capsys, ["--config", str(path), "rewrite", "a dog", "-e", "fear"])
+    assert f"config file {path}" in line and message in line
+
+
+def test_an_oversized_prompt_file_is_a_problem_not_a_slow_read(tmp_path: Path) -> None:
+    from ed_agents.prompts import MAX_PROMPT_FILE_BYTES, check_prompt_dir
+
+    (tmp_path / "personas").mkdir()
+    _sparse(tmp_path / "personas" / "huge.md", 100 * MAX_PROMPT_FILE_BYTES)
+    _, problems = check_prompt_dir(tmp_path, require={})
+    assert any(f"is over {MAX_PROMPT_FILE_BYTES} bytes" in p.message for p in problems)
+    _, problems = check_prompt_dir(tmp_path / "personas" / "huge.md", require={})
+    assert [p.message for p in problems] == ["is a file, not a prompts directory"]
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("EMODIR_LLM_BASE_URL", "http://256.1.1.1:99999/v1", "not a URL"),
+        ("EMODIR_LLM_BASE_URL", "http://127.0.0.1:8765/\x1b[31mv1", "not a URL"),
+        ("EMODIR_LLM_BASE_URL", "ftp://example.org/v1", "allowed: an http(s) URL"),
+        ("EMODIR_DEVICE", "tpu", "allowed: cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_a_bad_server_url_or_device_is_a_settings_error(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    for argv in (["llm", "status"], ["rewrite", "a dog", "-e", "fear", "--no-autostart"]):
+        line = one_line(capsys, argv)
+        assert f"environment {env}" in line and message in line and "\x1b[" not in line
+
+
+def test_a_gpu_this_machine_lacks_is_named_before_any_work(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from ed_diffusion.pipeline import pick_device
+
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    with pytest.raises(InvalidInputError, match=f"device '{missing}' is not available"):
+        pick_device(missing)
+    monkeypatch.setenv("EMODIR_DEVICE", missing)
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", "http://127.0.0.1:9/v1")  # never reached
+    line = one_line(capsys, ["generate", "a dog", "-e", "fear", "--no-autostart", "--out", "/tmp/never-made"])
+    assert f"device '{missing}' is not available" in line and not Path("/tmp/never-made").exists()

@@ -22,6 +22,7 @@ from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from ed_common.settings import load_settings
 from graphs.session import SessionBusyError, check_session_name, session_lock
 from tests.cli_helpers import one_line
+from tests.conftest import cli_env
 
 
 def _completion(**changes: Any) -> bytes:
@@ -156,3 +157,37 @@ def test_chat_on_a_busy_session_fails_before_the_server(
     assert f"(pid {pid})" in line
     line = one_line(capsys, ["chat", "--session", "x" * 100_000, "--no-autostart"])
     assert "session name" in line and len(line) < 300
+
+
+def test_a_damaged_session_store_is_named(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = load_settings(data_dir=tmp_path / "data").sessions_db
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    for argv in (["chat", "--list"], ["chat", "--session", "s", "--no-autostart"]):
+        line = one_line(capsys, argv)
+        assert f"the session store {db} cannot be used" in line and "move it aside" in line
+
+
+@pytest.mark.parametrize("command", ["chat", "rewrite"])
+def test_a_persona_named_twice_is_refused_by_every_command(capsys: Any, command: str) -> None:
+    argv = [command, "--personas", "child,child", "--no-autostart"]
+    argv += ["-e", "fear"] if command == "chat" else ["a dog", "-e", "fear"]
+    assert "--personas 'child,child' repeats an id" in one_line(capsys, argv)
+
+
+def test_chat_survives_a_line_that_is_not_utf8(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    env = cli_env(EMODIR_LLM_BASE_URL=fake_server.base_url, EMODIR_DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "chat", "--session", "u", "-e", "fear"],
+        input=b"\xff\xfe bad bytes\n/quit\n",
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    out = result.stdout.decode("utf-8", "replace")
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-1500:]
+    assert "not valid UTF-8" in out and "session saved" in out

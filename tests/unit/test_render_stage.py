@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
+from PIL import Image
 
 from ed_diffusion.images import OutputExistsError, save_png_atomic
 from graphs.emotion_director import build_graph
@@ -100,3 +101,36 @@ def test_save_png_atomic_never_overwrites(tmp_path: Path) -> None:
         save_png_atomic(Image.new("RGB", (2, 2), "red"), path)
     assert Image.open(path).getpixel((0, 0)) == (0, 0, 0)
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temp file left behind
+
+
+class _StopsAfterOneImage(FakeRenderer):
+    def __init__(self, stop: BaseException) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def render(self, request: Any) -> Any:
+        save_png_atomic(Image.new("RGB", (1, 1)), request.out_dir / "image_00_seed0.png")
+        raise self.stop
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"), [(KeyboardInterrupt(), "interrupted"), (RuntimeError("out of memory"), "failed")]
+)
+def test_a_render_that_stops_midway_still_leaves_a_manifest(
+    make_context: Any, tmp_path: Path, stop: BaseException, status: str
+) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(type(stop)):
+        build_graph().invoke(
+            {
+                "user_prompt": "a red fox",
+                "target_emotion": "fear",
+                "agents": False,
+                "render": RenderOptions(n_images=4, out_dir=str(run)),
+            },
+            context=_ctx(make_context, tmp_path, _StopsAfterOneImage(stop)),
+        )
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == status and manifest["images"] == ["image_00_seed0.png"]
+    assert manifest["inputs"]["user_prompt"] == "a red fox" and manifest["render_options"]["n_images"] == 4
+    assert (manifest["error"] is None) == (status == "interrupted")
