@@ -6,7 +6,6 @@ import logging
 import os
 import sqlite3
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from rich.logging import RichHandler
 from ed_agents import cli_llm, cli_prompts
 from ed_agents.errors import EmodirError
 from ed_common.cli_io import err, out
+from ed_common.git_state import package_version
 from ed_common.text import esc
 from ed_diffusion import cli_bank, cli_train, cli_world
 from evals.cli_eval import eval_app
@@ -41,16 +41,9 @@ for command in (cli_agent.rewrite, cli_agent.generate, cli_agent.chat):
     app.command()(command)
 
 
-def _version() -> str:
-    try:
-        return version("emotion-director")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _version_callback(value: bool) -> None:
     if value:
-        out.print(f"emodir {_version()}")
+        out.print(f"emodir {package_version()}")
         raise typer.Exit()
 
 

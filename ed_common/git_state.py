@@ -47,3 +47,13 @@ def git_dirty(cwd: str | os.PathLike[str] = REPO_ROOT) -> bool | None:
     """Whether tracked files differ from the commit (untracked files ignored), or None outside a checkout."""
     out = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
     return bool(out.strip()) if out is not None else None
+
+
+def package_version() -> str:
+    """The installed emotion-director version ("0+unknown" when run from a tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emotion-director")
+    except PackageNotFoundError:
+        return "0+unknown"

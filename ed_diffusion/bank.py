@@ -334,8 +334,14 @@ class VisualPromptBank:
         from safetensors import SafetensorError, safe_open
 
         p = Path(path).expanduser()
-        if not p.is_file():
+        if p.is_dir():
+            raise BankError(
+                f"{p} is a directory; expected a bank file (.safetensors written by `emodir bank build`)"
+            )
+        if not p.exists():
             raise BankError(f"bank file {p} does not exist")
+        if not p.is_file():
+            raise BankError(f"{p} is not a regular file; expected a bank file (.safetensors)")
         try:
             with safe_open(str(p), framework="pt", device="cpu") as fh:
                 header = fh.metadata() or {}
@@ -642,14 +648,8 @@ def build_bank(
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     if not samples:
         raise BankError("cannot build a bank from 0 samples")
+    check_cluster_sizes(samples, clusters)
     groups = group_by_emotion(samples)
-    short = {e.value: len(idx) for e, idx in groups.items() if len(idx) < clusters}
-    if short:
-        listing = ", ".join(f"{name}={n}" for name, n in short.items())
-        raise BankError(
-            f"too few samples for clusters={clusters}: {listing}; lower clusters to at most "
-            f"{min(len(idx) for idx in groups.values())} or add samples"
-        )
     text_feats, image_feats = encode_samples(samples, encoders, batch_size=batch_size, progress=progress)
     text_c, visual_c, counts = cluster_centres(
         text_feats, image_feats, groups, clusters=clusters, seed=seed, max_iter=max_iter
@@ -668,6 +668,37 @@ def build_bank(
         max_iter=max_iter,
     )
     return VisualPromptBank(text_c, visual_c, counts, metadata)
+
+
+def check_cluster_sizes(samples: Sequence[EmotionSample], clusters: int) -> None:
+    """Refuse, before any encoder runs, an emotion that cannot fill ``clusters`` clusters.
+
+    K-means needs at least ``clusters`` distinct points per emotion; identical captions give identical text
+    features, so distinct captions are what counts (a sample count alone would pass and fail in K-means).
+
+    Raises:
+        BankError: an emotion without samples, or with fewer distinct captions than ``clusters`` (the
+            message gives the largest ``clusters`` the samples allow).
+    """
+    groups = group_by_emotion(samples)
+    empty = [e.value for e, idx in groups.items() if not idx]
+    if empty:
+        raise BankError(
+            f"no samples of emotion(s) {', '.join(empty)}; every emotion needs at least clusters={clusters} "
+            "samples with distinct captions: add samples of them"
+        )
+    distinct = {e: len({samples[i].caption for i in idx}) for e, idx in groups.items()}
+    short = {e: n for e, n in distinct.items() if n < clusters}
+    if short:
+        listing = ", ".join(
+            f"{e.value}={len(groups[e])}" + (f" ({n} distinct captions)" if n < len(groups[e]) else "")
+            for e, n in short.items()
+        )
+        largest = min(distinct.values())
+        raise BankError(
+            f"too few samples for clusters={clusters}: {listing}; allowed: clusters <= {largest} (the "
+            "fewest distinct captions of an emotion), or add samples"
+        )
 
 
 def _open_rgb(path: Path) -> Image.Image:

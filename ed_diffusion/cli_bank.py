@@ -42,7 +42,7 @@ def bank_build(
     """Build a visual-prompt bank: per emotion, K-means over CLIP caption features, image-feature centres."""
     from rich.progress import Progress
 
-    from ed_diffusion.bank import build_bank
+    from ed_diffusion.bank import build_bank, check_cluster_sizes
     from ed_diffusion.data import load_emotion_dataset
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
     from ed_diffusion.images import OutputExistsError
@@ -50,21 +50,26 @@ def bank_build(
     from ed_diffusion.pipeline import pick_device
 
     quiet_third_party()
+    # Every option is checked before the dataset is read or an encoder loaded (minutes on a real EmoSet).
+    dev = pick_device(device)
+    if clusters < 1:
+        raise InvalidInputError(f"--clusters {clusters}; allowed: an integer >= 1")
+    if image_kind is not None and image_kind not in ("clip", "dino"):
+        raise InvalidInputError(f"--image-kind {image_kind!r} is unknown; allowed: clip, dino")
     if out_path.exists():
         raise OutputExistsError(f"{out_path} already exists; refusing to overwrite it")
     check_writable(out_path, directory=False)
     samples, summary = load_emotion_dataset(data)
     if summary.num_skipped:
         err.print(f"[yellow]skipped {summary.num_skipped} bad row(s):[/] {esc(str(summary.skipped))}")
+    check_cluster_sizes(samples, clusters)  # before the encoders load (build_bank checks it too)
     if text_encoder == "tiny" or image_encoder == "tiny":
         tiny = ensure_tiny_encoders_dir(settings_of(ctx).cache_dir / "tiny-encoders")
         text_encoder = str(tiny / "text") if text_encoder == "tiny" else text_encoder
         image_encoder = str(tiny / "image") if image_encoder == "tiny" else image_encoder
     kind = image_kind or ("dino" if "dino" in image_encoder.lower() else "clip")
-    if kind not in ("clip", "dino"):
-        raise InvalidInputError(f"--image-kind {kind!r} is unknown; allowed: clip, dino")
     encoders = FeatureEncoders.from_pretrained(
-        text_encoder, image_encoder, kind="dino" if kind == "dino" else "clip", device=pick_device(device)
+        text_encoder, image_encoder, kind="dino" if kind == "dino" else "clip", device=dev
     )
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("encoding", total=len(samples))

@@ -11,7 +11,7 @@ from rich.table import Table
 from ed_common.cli_io import err, out, settings_of
 from ed_common.errors import InvalidInputError
 from ed_common.paths import check_writable
-from ed_common.text import esc
+from ed_common.text import esc, short_repr
 
 app = typer.Typer(
     no_args_is_help=True, help="The synthetic affective world: benchmark the trainers, check images."
@@ -19,12 +19,19 @@ app = typer.Typer(
 
 
 def _seeds_option(value: str | None) -> tuple[int, ...] | None:
+    """``--seeds 0,1,2`` as a tuple, refused here (before any directory exists) unless each seed is usable."""
+    from ed_diffusion.world.bench import seeds_problem
+
     if value is None:
         return None
     try:
         seeds = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise InvalidInputError(f"--seeds {value!r} is not a list of integers; allowed: e.g. 0,1,2") from None
+    except ValueError:  # also a number past Python's int-parsing digit limit
+        raise InvalidInputError(
+            f"--seeds {short_repr(value)} is not a list of integers; allowed: e.g. 0,1,2"
+        ) from None
+    if problem := seeds_problem(seeds):
+        raise InvalidInputError(f"--seeds {short_repr(value)}: {problem}")
     return seeds
 
 
@@ -48,7 +55,7 @@ def world_bench(
 
     from ed_diffusion.logs import quiet_third_party
     from ed_diffusion.presets.world import install_world_preset
-    from ed_diffusion.world.bench import BenchConfig, run_bench
+    from ed_diffusion.world.bench import BenchConfig, check_bench_dir, run_bench
 
     quiet_third_party()
     overrides: dict[str, Any] = {}
@@ -58,6 +65,7 @@ def world_bench(
         overrides["workers"] = workers
     cfg = BenchConfig.quick(**overrides) if quick else BenchConfig.full(**overrides)
     check_writable(out_dir)
+    check_bench_dir(out_dir)  # run_bench checks again; here it also precedes the progress bar
     vae = 0 if (out_dir / "vae" / "config.json").is_file() else cfg.vae_steps
     todo = [s for s in cfg.seeds if not (out_dir / f"seed{s}" / "result.json").is_file()]
     columns = (

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ed_agents.prompts import PromptLibrary
-from ed_common.git_state import git_dirty
+from ed_common.git_state import git_dirty, package_version
 from ed_common.hashing import file_sha256
 from ed_common.settings import Settings
 from evals.shards import Shard
 from evals.suite import Suite
-from graphs.tool_node import _git_sha, _version  # one notion of "code version" for generate and eval runs
+from graphs.tool_node import _git_sha  # one notion of "code version" for generate and eval runs
 
 MANIFEST_VERSION = 1
 _SECRET_SETTINGS = ("llm_api_key",)
@@ -51,7 +51,7 @@ def run_manifest(
     return {
         "manifest_version": MANIFEST_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "emodir_version": _version(),
+        "emodir_version": package_version(),
         "git_sha": _git_sha(),
         "git_dirty": git_dirty(),
         "suite_file": str(suite_path) if suite_path else None,

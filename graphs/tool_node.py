@@ -17,7 +17,7 @@ from ed_agents.context import Context, context_of
 from ed_agents.errors import EmodirError
 from ed_common.atomic import write_json_atomic
 from ed_common.emotions import parse_emotion
-from ed_common.git_state import git_dirty, git_sha
+from ed_common.git_state import git_dirty, git_sha, package_version
 from ed_common.settings import REPO_ROOT
 from graphs.state import GraphState, RenderOptions
 
@@ -134,7 +134,7 @@ def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> di
     return {
         "manifest_version": MANIFEST_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "emodir_version": _version(),
+        "emodir_version": package_version(),
         "git_sha": _git_sha(),
         "git_dirty": git_dirty(REPO_ROOT),
         "inputs": {
@@ -175,7 +175,7 @@ def partial_manifest(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "status": "interrupted" if interrupted else "failed",
         "error": None if interrupted else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-        "emodir_version": _version(),
+        "emodir_version": package_version(),
         "git_sha": _git_sha(),
         "git_dirty": git_dirty(REPO_ROOT),
         "inputs": {
@@ -189,15 +189,6 @@ def partial_manifest(
         "render_options": options.model_dump(),
         "images": sorted(p.name for p in run_dir.glob("image_*.png")),
     }
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("emotion-director")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _git_sha() -> str | None:

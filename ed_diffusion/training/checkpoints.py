@@ -2,7 +2,8 @@
 
 A resume is exact or refused: a checkpoint is resumed only by a run of the same kind (SFT or DPO) whose
 config differs in nothing but the fields that cannot change the trajectory (``RESUME_MAY_CHANGE``); a
-checkpoint that cannot be read is set aside (renamed, never deleted) and the one before it is tried;
+checkpoint that cannot be read is set aside (renamed, never deleted) and the one before it is tried, and so
+is one whose ``state.json`` names another step than its directory (resuming it would skip or redo steps);
 a torn last line of ``metrics.jsonl`` (a kill mid-write) is dropped like the rows past the checkpoint.
 """
 
@@ -12,8 +13,10 @@ import json
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from ed_common.atomic import write_text_atomic
+from ed_common.text import short_repr
 from ed_diffusion.training.config import ConfigError, TrainConfig, load_config
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -28,7 +31,7 @@ class ResumeMismatchError(ConfigError):
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoint directories (``checkpoint-<step>`` with a ``state.json``), oldest first."""
     found = [p for p in out.glob("checkpoint-*") if _NAME.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    return sorted(found, key=step_of)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -63,6 +66,35 @@ def check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
         raise ResumeMismatchError(
             f"cannot resume {checkpoint} exactly: {'; '.join(changed)}; restore them, or use a new output_dir"
         )
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step in a checkpoint's directory name (``checkpoint-<step>``)."""
+    match = _NAME.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint.name} is not a checkpoint directory name (checkpoint-<step>)")
+    return int(match.group(1))
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``, checked against its directory.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not JSON, not an object, lacks an integer ``step`` or an ``lr_scheduler`` object,
+            or its step is not the directory's (the trainer treats all of these as an unreadable checkpoint).
+    """
+    info = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    if not isinstance(info, dict):
+        raise ValueError(f"state.json is a JSON {type(info).__name__}, not an object")
+    step = info.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError(f"state.json has step {short_repr(step)}; allowed: an integer")
+    if step != step_of(checkpoint):
+        raise ValueError(f"state.json says step {step} but the directory is {checkpoint.name}")
+    if not isinstance(info.get("lr_scheduler"), dict):
+        raise ValueError("state.json has no lr_scheduler object")
+    return info
 
 
 def set_aside(checkpoint: Path) -> Path:

@@ -28,6 +28,9 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 NegativeStrategy = Literal["opposite", "confusable", "random"]
 
 TINY_PRESET = "tiny"
+# Each step draws from torch generators seeded (seed + 7_777_777) * 1_000_003 + step at most (the loop and its
+# evaluation batches), and torch takes at most 2**64 - 1: a larger seed would fail at the first step.
+MAX_TRAIN_SEED = 10**12 - 1
 CONFIG_FILE_NAME = "config.toml"
 
 ConfigT = TypeVar("ConfigT", bound="TrainConfig")
@@ -146,8 +149,9 @@ class TrainConfig:
     def _check_values(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "num_tokens"):
             _require(self, name, getattr(self, name) >= 1, ">= 1")
-        for name in ("warmup_steps", "checkpoint_every", "keep_last", "lora_rank", "seed"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_last", "lora_rank"):
             _require(self, name, getattr(self, name) >= 0, ">= 0")
+        _require(self, "seed", 0 <= self.seed <= MAX_TRAIN_SEED, f"0..{MAX_TRAIN_SEED}")
         for name in ("learning_rate", "max_grad_norm"):
             _require(
                 self, name, math.isfinite(getattr(self, name)) and getattr(self, name) > 0, "finite, > 0"

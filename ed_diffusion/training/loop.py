@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ed_diffusion.training.checkpoints import (
     check_resumable,
     checkpoints,
     latest_checkpoint,
+    read_state,
     set_aside,
     truncate_metrics,
 )
@@ -65,6 +66,7 @@ from ed_diffusion.training.losses import (
     negative_vp_dpo_loss,
     per_sample_mse,
 )
+from ed_diffusion.training.manifest import RunManifest, Status
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -120,14 +122,27 @@ def check_inputs(cfg: TrainConfig, cache_dir: Path) -> None:
 
     Raises:
         ModelMissingError: ``pretrained`` is not a preset, a complete local directory or a cached hub id.
-        ConfigError: a ``bank``, ``adapter_init`` or ``data`` path that does not exist.
+        ConfigError: a ``bank``, ``adapter_init``, ``data`` or ``pairs`` path that does not exist, or a bank
+            with fewer clusters than ``num_tokens``.
+        BankError: ``bank`` is not a readable bank file.
     """
     if cfg.pretrained != TINY_PRESET:
         check_diffusers_model(cfg.pretrained, "pretrained")
-    for name in ("bank", "adapter_init", "data"):
+    for name in ("bank", "adapter_init", "data", "pairs"):
         value = getattr(cfg, name, None)
         if value is not None and not Path(value).expanduser().exists():
             raise ConfigError(f"{name} {value!r} does not exist")
+    if cfg.bank is not None:  # the tiny preset's own bank is checked where it is loaded
+        _check_bank(cfg, VisualPromptBank.load(cfg.bank), cfg.bank)
+
+
+def _check_bank(cfg: TrainConfig, bank: VisualPromptBank, path: str) -> None:
+    """Refuse a bank that cannot give ``num_tokens`` visual-prompt tokens (its clusters per emotion)."""
+    if cfg.num_tokens > bank.clusters:
+        raise ConfigError(
+            f"num_tokens = {cfg.num_tokens} but the bank {path} has {bank.clusters} clusters per emotion; "
+            f"allowed: num_tokens <= {bank.clusters}, or a bank built with --clusters >= {cfg.num_tokens}"
+        )
 
 
 def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init: str | None) -> _Models:
@@ -141,6 +156,7 @@ def _load_models(cfg: TrainConfig, model_dir: str, bank_path: str, adapter_init:
             module.requires_grad_(False)
     unet = pipe.unet
     bank = VisualPromptBank.load(bank_path)
+    _check_bank(cfg, bank, bank_path)
     if adapter_init is not None:
         info = load_adapter(adapter_init, unet)
         bank.check_compatible(info.projector_config.in_dim)
@@ -317,6 +333,7 @@ class _Run:
     device: Any
     world: int = 1
     rank: int = 0
+    inputs: dict[str, str | None] = field(default_factory=dict)  # the input files, for the manifest
 
 
 def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank: int = 0) -> _Run:
@@ -342,6 +359,9 @@ def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank:
         m.pipe.text_encoder_2.to(device)
     run = _Run(cfg, m, SFTDataset(samples, res), pairs, pos_idx, neg_emotion, neg_idx, pair_pos, res, device)
     run.world, run.rank = world, rank
+    run.inputs = {"bank": bank_path, "adapter_init": adapter_init, "data": data_path}
+    if dpo_cfg is not None and dpo_cfg.w_dpo > 0:
+        run.inputs["pairs"] = dpo_cfg.pairs
     return run
 
 
@@ -432,23 +452,65 @@ def train(
         )
     if last is not None:
         start_step = _resume(out, cfg, m, optimizer, lr_sched, accelerator.is_main_process)
+    metrics_file = out / "metrics.jsonl"
+    manifest = None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
-    metrics_file = out / "metrics.jsonl"
-    losses: list[float] = []
-    last_ckpt = latest_checkpoint(out)
-    step = start_step
+        if start_step == 0:  # rows of an attempt killed before its first checkpoint are all redone
+            truncate_metrics(metrics_file, 0)
+        manifest = RunManifest.start(out, cfg, run.inputs, start_step)
+    state = _State(step=start_step, last_ckpt=latest_checkpoint(out))
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, start_step + stop_after)
+    try:
+        _steps(run, accelerator, params, optimizer, lr_sched, state, end, progress)
+        accelerator.wait_for_everyone()
+    except Exception as exc:
+        if manifest is not None:
+            manifest.end("failed", state.step, state.last_ckpt, exc)
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: the run can be resumed from its last checkpoint
+        if manifest is not None:
+            manifest.end("interrupted", state.step, state.last_ckpt)
+        raise
+    if manifest is not None:  # stop_after ends a run early, as an interrupt would
+        status: Status = "finished" if state.step >= cfg.max_steps else "interrupted"
+        manifest.end(status, state.step, state.last_ckpt)
+    return TrainResult(out, state.step, state.last_ckpt, metrics_file, state.losses)
+
+
+@dataclass
+class _State:
+    """Where the loop is: kept outside it so that a failure still knows the last step and checkpoint."""
+
+    step: int
+    last_ckpt: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+def _steps(
+    run: _Run,
+    accelerator: Any,
+    params: list[torch.nn.Parameter],
+    optimizer: Any,
+    lr_sched: Any,
+    state: _State,
+    end: int,
+    progress: ProgressFn | None,
+) -> None:
+    """Optimiser steps from ``state.step`` up to ``end``; rank 0 logs, reports and checkpoints."""
+    cfg, m = run.cfg, run.m
+    out = Path(cfg.output_dir)
+    metrics_file = out / "metrics.jsonl"
     t_start = time.perf_counter()
-    while step < end:
+    while state.step < end:
         value, metrics = 0.0, dict[str, float]()
         for micro in range(cfg.grad_accum):
-            loss, micro_metrics = _step_loss(run, step * cfg.grad_accum + micro, cfg.seed)
+            loss, micro_metrics = _step_loss(run, state.step * cfg.grad_accum + micro, cfg.seed)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
-                    f"loss became {loss.item()} at step {step + 1}; stopped. The last good checkpoint "
-                    f"({last_ckpt or 'none yet'}) is kept; lower the learning rate or beta"
+                    f"loss became {loss.item()} at step {state.step + 1}; stopped. The last good checkpoint "
+                    f"({state.last_ckpt or 'none yet'}) is kept; lower the learning rate or beta"
                 )
             accelerator.backward(loss / cfg.grad_accum)
             value += float(loss.detach()) / cfg.grad_accum
@@ -458,8 +520,9 @@ def train(
         optimizer.step()
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(value)
+        state.step += 1
+        step = state.step
+        state.losses.append(value)
         row: dict[str, float] = {
             "step": step,
             "loss": value,
@@ -474,10 +537,8 @@ def train(
                 progress(step, cfg.max_steps, row)
             periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
             if periodic or step == cfg.max_steps:
-                last_ckpt = _save_checkpoint(out, step, cfg, m, optimizer, lr_sched)
+                state.last_ckpt = _save_checkpoint(out, step, cfg, m, optimizer, lr_sched)
                 _rotate(out, cfg.keep_last)
-    accelerator.wait_for_everyone()
-    return TrainResult(out, step, last_ckpt, metrics_file, losses)
 
 
 def evaluate(
@@ -580,8 +641,9 @@ _UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.Unp
 def _resume(out: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any, main: bool) -> int:
     """Load the newest readable checkpoint that ``cfg`` can resume exactly; return its step.
 
-    A config that differs where it matters is refused (``check_resumable``); an unreadable checkpoint is
-    set aside and the one before it tried, so one torn write does not make a run unresumable.
+    A config that differs where it matters is refused (``check_resumable``); an unreadable checkpoint (torn
+    files, or a ``state.json`` whose step is not its directory's) is set aside and the one before it tried,
+    so one torn write does not make a run unresumable.
     """
     unreadable: list[Path] = []
     for ckpt in reversed(checkpoints(out)):
@@ -661,11 +723,12 @@ def _load_weights(path: Path, m: _Models) -> None:
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any) -> int:
+    info = read_state(path)  # first: a state that disagrees with its directory must load nothing
     _load_weights(path, m)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    info = json.loads((path / "state.json").read_text())
     lr_sched.load_state_dict(info["lr_scheduler"])
-    return int(info["step"])
+    step: int = info["step"]
+    return step
 
 
 def _adapter_state(path: Path, unet: Any) -> list[tuple[Tensor, Tensor]]:

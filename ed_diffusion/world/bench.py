@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +26,7 @@ from ed_common.atomic import write_json_atomic
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_common.git_state import git_dirty, git_sha
+from ed_common.text import short_repr
 from ed_diffusion.world.dataset import WorldPaths, make_world
 from ed_diffusion.world.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
 from ed_diffusion.world.metrics import aggregate, score_images
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, str], None]  # (steps advanced, description)
 RUN_ONLY_FIELDS = ("workers",)  # may change between a run and its resume
+CONFIG_FILE = "config.json"  # the first file a benchmark writes: it marks a directory as one
+# A seed becomes generator seeds like (seed * 1_000_003 + stage) * 1_000_033 + step (world/train.py) and
+# torch takes at most 2**64 - 1, so past about 1.8e7 a seed would fail mid-run; the bound is round below it.
+MAX_BENCH_SEED = 9_999_999
+_BENCH_KEYS = frozenset({"seeds", "world_seed", "base_steps", "sft_steps", "dpo_steps"})  # any bench config
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,12 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         """Validate (one-line errors naming the field and what is allowed)."""
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise InvalidInputError(f"seeds={self.seeds!r}; allowed: distinct integers >= 0, at least one")
+        if problem := seeds_problem(self.seeds):
+            raise InvalidInputError(f"seeds={short_repr(self.seeds)}: {problem}")
+        if not _is_seed(self.world_seed):
+            raise InvalidInputError(
+                f"world_seed={self.world_seed!r}; allowed: an integer 0..{MAX_BENCH_SEED}"
+            )
         for name in (
             "n_train",
             "n_test",
@@ -107,12 +118,79 @@ class BenchConfig:
         return self.base_steps + self.sft_steps + 2 * self.dpo_steps + len(SYSTEMS)
 
 
+def _is_seed(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_BENCH_SEED
+
+
+def seeds_problem(seeds: tuple[int, ...]) -> str | None:
+    """What is wrong with a benchmark's seeds (None: nothing), as the second half of a one-line error."""
+    allowed = f"allowed: distinct integers 0..{MAX_BENCH_SEED}, at least one"
+    if not seeds:
+        return f"no seed; {allowed}"
+    if bad := [s for s in seeds if not _is_seed(s)]:
+        is_int = isinstance(bad[0], int) and not isinstance(bad[0], bool)
+        return f"{short_repr(bad[0])} is {'out of range' if is_int else 'not an integer'}; {allowed}"
+    # Counter, not seeds.count: a hostile list of a million seeds must be refused fast.
+    if dups := sorted(s for s, n in Counter(seeds).items() if n > 1):
+        return f"{short_repr(dups)[1:-1]} given more than once; {allowed}"
+    return None
+
+
+def check_bench_dir(out: Path, *, flag: str = "--out") -> None:
+    """Refuse ``out`` unless it is new, empty, or a benchmark's directory (writes nothing).
+
+    A benchmark writes ``config.json`` before anything else, so a non-empty directory without a benchmark
+    config is someone else's (an eval run, a checkout): filling it would mix our files into theirs.
+
+    Raises:
+        InvalidInputError: ``out`` is a file, or a non-empty directory that is not a benchmark's, or its
+            ``config.json`` is unreadable.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InvalidInputError(
+            f"{flag} {out} is a file; allowed: a new or empty directory, or a benchmark's"
+        )
+    if not any(out.iterdir()):
+        return
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{flag} {out} holds files but no benchmark ({CONFIG_FILE} is missing); allowed: a new or empty "
+            "directory, or a benchmark directory to resume"
+        )
+    have = _read_config(path, flag)
+    if not have.keys() >= _BENCH_KEYS:
+        raise InvalidInputError(
+            f"{flag} {out}: {path} is not a world-benchmark config (no {', '.join(sorted(_BENCH_KEYS))}); "
+            "allowed: a new or empty directory, or a benchmark directory to resume"
+        )
+
+
+def _read_config(path: Path, flag: str) -> dict[str, Any]:
+    try:
+        have = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{flag} {path.parent}: {path} is unreadable ({type(exc).__name__}); allowed: a new or empty "
+            "directory, or a benchmark directory to resume"
+        ) from None
+    if not isinstance(have, dict):
+        raise InvalidInputError(
+            f"{flag} {path.parent}: {path} is not a JSON object; allowed: a new or empty directory, or a "
+            "benchmark directory to resume"
+        )
+    return have
+
+
 # ------------------------------------------------------------------------------------------ orchestration
 def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run (or resume) the benchmark into ``out``; write ``results.json``, ``results.md``, ``samples.png``.
 
     Raises:
-        InvalidInputError: ``out`` holds a benchmark with a different configuration.
+        InvalidInputError: ``out`` holds a benchmark with a different configuration, or is not a benchmark's
+            directory (``check_bench_dir``); nothing is written then.
     """
     from ed_diffusion.world.report import write_reports
 
@@ -144,6 +222,7 @@ def prepare_bench(
     out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
 ) -> tuple[WorldPaths, Path]:
     """Create or reopen ``out``: the world and the shared autoencoder (each made once, reused on resume)."""
+    check_bench_dir(out)  # before the mkdir: a refused directory gets nothing of ours
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     world = _ensure_world(out / "world", cfg)
@@ -157,10 +236,10 @@ def schedule_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_config(out: Path, cfg: BenchConfig) -> None:
-    path = out / "config.json"
+    path = out / CONFIG_FILE
     want = asdict(cfg) | {"bench_version": BENCH_VERSION}
     if path.is_file():
-        have = json.loads(path.read_text())
+        have = _read_config(path, "--out")
         have.setdefault("bench_version", 1)
         if json.dumps(schedule_of(have), sort_keys=True) != json.dumps(schedule_of(want), sort_keys=True):
             raise InvalidInputError(
