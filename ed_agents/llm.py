@@ -462,7 +462,7 @@ class StructuredLLM:
                 raise LLMUnavailableError(
                     f"the LLM server at {self.base_url or '?'} answered with something that is not an OpenAI "
                     f"chat completion ({detail}); is that an OpenAI-compatible /v1 endpoint?"
-                ) from None
+                ) from exc  # EMODIR_DEBUG=1 shows where it came from (our bug, or the server's body)
             usage = getattr(reply, "usage_metadata", None) or {}
             trace.append(
                 entry(

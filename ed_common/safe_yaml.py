@@ -25,6 +25,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
     key = id(node)
     if key in memo:
         return memo[key]
+    memo[key] = limit + 1  # while counting its children: a node that contains itself is over the limit
     size = 1
     if isinstance(node, yaml.SequenceNode):
         for child in node.value:
@@ -90,6 +91,10 @@ def load_yaml(text: str, *, where: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidInputError(f"{where}{line}: invalid YAML: {problem}") from None
+        raise InvalidInputError(f"{where}{line}: invalid YAML: {' '.join(problem.split())[:160]}") from None
+    except RecursionError:  # PyYAML composes and constructs recursively: ~1,000 nested brackets overflow it
+        raise InvalidInputError(
+            f"{where}: YAML nested too deeply; allowed: a few levels of lists and maps"
+        ) from None
     finally:
         loader.dispose()

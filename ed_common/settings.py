@@ -187,6 +187,8 @@ def _file_keys(path: Path) -> set[str]:
         return set(tomllib.loads(read_user_text(path, "config file")))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInputError(f"config file {path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib (3.11) parses nested arrays recursively, without a limit
+        raise InvalidInputError(f"config file {path}: TOML nested too deeply") from None
 
 
 def _one_line(exc: ValueError, path: Path | None, from_file: set[str], given: set[str]) -> str:

@@ -124,6 +124,9 @@ def eval_run(
     if resume and not out.exists():  # fine (a rerun of a failed start), but not what the user expected
         err_console.print(f"--resume: {esc(str(out))} does not exist; starting a new run", highlight=False)
     prompts = PromptLibrary.load(settings.prompts_dir)
+    # Edited persona or task files change the samples as much as a setting does.
+    identity["prompt_files"] = {f.id: f.sha256 for f in prompts}
+    check_out_dir(out, suite, suite_file, shard, resume, identity)
     tokens = default_counter()
     validate_suite(suite, prompts, tokens, settings)
     if suite.image_scoring.enabled and suite.images_per_prompt:

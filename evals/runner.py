@@ -108,6 +108,8 @@ def check_out_dir(
     Raises:
         InvalidInputError: one line naming the directory and what to do.
     """
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a run directory")
     if not resume:
         check_fresh_out_dir(out, shard)
     elif not (out / "manifest.json").is_file() and not (out.is_dir() and sample_files(out)):
@@ -150,7 +152,7 @@ def _check_same_run(
         return  # a manifest written before runs recorded their settings: the fingerprint is all there is
     # Only keys both know: a key a later version adds must not refuse the runs an earlier one made.
     changed = [
-        f"{key} {short_repr(before[key])} -> {short_repr(value)}"
+        _change(key, before[key], value)
         for key, value in identity.items()
         if key in before and before[key] != value
     ]
@@ -161,9 +163,18 @@ def _check_same_run(
         )
 
 
+def _change(key: str, old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):  # e.g. prompt_files: id -> sha256
+        names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return f"{key}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} changed"
+    return f"{key} {short_repr(old)} -> {short_repr(new)}"
+
+
 def _only_a_start(out: Path) -> bool:
     """``out`` holds only what a run writes before its manifest (killed in its first moment)."""
-    names = {p.name for p in out.iterdir()}
+    if not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # a killed atomic write's temp
     images = out / "images"
     return names <= {"suite.yaml", "images"} and (not images.is_dir() or not any(images.iterdir()))
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ed_agents.errors import InvalidInputError
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import validation_line
+from ed_common.limits import MAX_SEED
 from ed_common.safe_yaml import load_yaml
 from ed_common.settings import Settings
 from ed_common.user_files import read_user_text
@@ -202,6 +203,11 @@ class Suite(_Strict):
             raise ValueError(f"system names must be unique; repeated: {', '.join(dupes)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a value")
+        n = max(1, self.images_per_prompt)
+        top = (MAX_SEED - n + 1) // n  # sample seed s renders images s*n .. s*n+n-1 (evals/systems.py)
+        too_big = [s for s in self.seeds if s > top]
+        if too_big:
+            raise ValueError(f"seeds {too_big} are too large; allowed: 0..{top} with {n} image(s) per prompt")
         unknown = sorted(set(self.settings) - set(Settings.model_fields))
         if unknown:
             raise ValueError(

@@ -414,7 +414,11 @@ class ChatRepl:
             raise InvalidInputError(f"/render {n}: allowed 1..64 images")
         if self.session.context.renderer is None:
             self.session.context = replace(self.session.context, renderer=_renderer(self.settings))
-        self._run(self.session.render(RenderOptions(n_images=n, seed=self.settings.seed)))
+        try:
+            options = RenderOptions(n_images=n, seed=self.settings.seed)
+        except ValueError as exc:  # seed + n past the largest seed
+            raise InvalidInputError(validation_line(exc)) from None
+        self._run(self.session.render(options))
 
     def set_personas(self, arg: str) -> None:
         """List the personas, or choose them for the next new prompt."""

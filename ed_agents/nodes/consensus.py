@@ -109,29 +109,45 @@ def top_up(
         added.append(new)
     while pool and len(details) + len(added) < MIN_DETAILS:
         added.append(pool.pop(0))
-    if len(channels_of(details + added, labels)) < MIN_CHANNELS:
-        added += _lexicon_channels(details + added, user_prompt, emotion, checker, labels)
+    have = details + added
+    if len(channels_of(have, labels)) < MIN_CHANNELS or len(have) < MIN_DETAILS:
+        added += _from_lexicon(have, user_prompt, emotion, checker, labels)
     return added
 
 
-def _lexicon_channels(
+def _from_lexicon(
     have: list[str], user_prompt: str, emotion: Emotion, checker: LeakChecker, labels: dict[str, str]
 ) -> list[str]:
-    """Built-in phrases for channels the run's own inputs never covered, until ``MIN_CHANNELS`` hold.
+    """Built-in phrases, missing channels first, until both floors hold.
 
-    The last resort of the floor: a prompt must carry the emotion over several channels even when every
-    persona wrote whole images and the chain's phrases were unusable. They are traced as ``lexicon``.
+    The last resort of the floor: a prompt must carry the emotion in ``MIN_DETAILS`` phrases over
+    ``MIN_CHANNELS`` channels even when every persona wrote whole images and the chain's phrases were
+    unusable. They are traced as ``lexicon``.
     """
     added: list[str] = []
-    for channel, items in VISUAL[emotion].channel_items().items():
+    by_channel = VISUAL[emotion].channel_items()
+
+    words = [content(h) for h in have]
+
+    def usable(channel: str) -> str | None:
+        kept, _ = usable_details(by_channel[channel], user_prompt, checker)
+        return next((p for p in kept if not any(_near(content(p), w) for w in words)), None)
+
+    def add(channel: str, phrase: str) -> None:
+        labels[phrase_key(phrase)] = channel
+        words.append(content(phrase))
+        added.append(phrase)
+
+    for channel in by_channel:  # missing channels first
         if len(channels_of(have + added, labels)) >= MIN_CHANNELS:
             break
-        if channel in channels_of(have + added, labels):
-            continue
-        usable, _ = usable_details(items[:1], user_prompt, checker)
-        for phrase in usable:
-            labels[phrase_key(phrase)] = channel
-            added.append(phrase)
+        if channel not in channels_of(have + added, labels) and (phrase := usable(channel)):
+            add(channel, phrase)
+    for channel in by_channel:  # then any channel, until there are enough phrases
+        if len(have) + len(added) >= MIN_DETAILS:
+            break
+        if phrase := usable(channel):
+            add(channel, phrase)
     return added
 
 

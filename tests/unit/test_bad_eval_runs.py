@@ -281,3 +281,40 @@ def test_a_report_out_write_that_fails_anyway_names_out_and_prints_no_table(
     captured = capsys.readouterr()
     assert f"--out {target}: cannot write it (No space left on device)" in captured.err
     assert ".tmp" not in captured.err and "plain_text" not in captured.out
+
+
+def test_resume_after_editing_a_prompt_file_is_refused_naming_it(
+    run_dir: Path, suite_file: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from ed_common.settings import REPO_ROOT
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO_ROOT / "prompts", prompts)
+    child = prompts / "personas" / "child.md"
+    child.write_text(child.read_text(encoding="utf-8") + "\nYou love puddles.\n", encoding="utf-8")
+    monkeypatch.setenv("EMODIR_PROMPTS_DIR", str(prompts))
+    line = one_line(capsys, ["eval", "run", str(suite_file), "--out", str(run_dir), "--resume"])
+    assert "prompt_files: child changed" in line
+
+
+def test_resume_into_a_file_is_refused_by_the_library_too(tmp_path: Path, suite_file: Path) -> None:
+    from evals.suite import load_suite
+
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(InvalidInputError, match="is a file"):
+        check_out_dir(target, load_suite(suite_file), suite_file, Shard(), True)
+
+
+def test_suite_seeds_that_would_pass_the_largest_seed_are_refused_up_front(tmp_path: Path) -> None:
+    from ed_common.limits import MAX_SEED
+    from evals.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        SUITE.replace("images_per_prompt: 0", f"images_per_prompt: 4\nseeds: [0, {MAX_SEED // 2}]")
+    )
+    with pytest.raises(InvalidInputError, match=rf"seeds \[{MAX_SEED // 2}\] are too large; allowed: 0\.\."):
+        load_suite(path)

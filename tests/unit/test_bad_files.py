@@ -40,8 +40,10 @@ def _laughs(levels: int) -> str:
         ),
         ("x: '" + "y" * 1_000_001 + "'\n", "bytes of YAML; allowed: at most 1000000"),
         ("a: [1, 2\nb: 3\n", "invalid YAML"),
+        ("a: &x [*x]\n", "once its aliases are expanded"),  # a list that contains itself
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
     ],
-    ids=["billion-laughs", "many-aliases", "too-large", "syntax"],
+    ids=["billion-laughs", "many-aliases", "too-large", "syntax", "recursive", "deep"],
 )
 def test_yaml_over_a_limit_is_refused_before_it_is_built(text: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message) as info:
@@ -257,9 +259,13 @@ def _sparse(path: Path, size: int) -> Path:
         (lambda t: (t / "cfgdir").mkdir() or t / "cfgdir", "is a directory; give a file"),
         (lambda t: Path("/dev/zero"), "is not a regular file"),
         (lambda t: t / "none.toml", "does not exist"),
+        (
+            lambda t: (t / "deep.toml").write_text("a = " + "[" * 50_000 + "]" * 50_000) and t / "deep.toml",
+            "nested",
+        ),
         (lambda t: (t / "bin.toml").write_bytes(b"a = '\xff'\n") and t / "bin.toml", "is not UTF-8 text"),
     ],
-    ids=["huge", "directory", "device", "missing", "binary"],
+    ids=["huge", "directory", "device", "missing", "deep", "binary"],
 )
 def test_a_config_file_is_checked_before_it_is_read(
     tmp_path: Path, capsys: Any, make: Any, message: str

@@ -263,7 +263,9 @@ def test_consensus_without_personas_uses_the_chain_and_says_so(make_context: Any
     ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": "nonsense"}))
     state = {"user_prompt": "a dog", "target_emotion": "anger", "run_index": 0, "concepts": _chain()}
     out = write_consensus(state, _rt(ctx))
-    assert out["draft_prompt"] == "a dog, blood red, harsh side light, storm clouds"
+    # The chain's three phrases, then one built-in phrase of another channel for the floor of four.
+    assert out["draft_prompt"].startswith("a dog, blood red, harsh side light, storm clouds, ")
+    assert len(out["prompt_phrases"]) == MIN_DETAILS and out["prompt_phrases"][-1].source == "lexicon"
     assert "every persona was dropped" in out["warnings"][0]
     assert out["trace"][-1].outcome == "fallback"
 
@@ -320,6 +322,15 @@ def test_the_floor_holds_with_the_lexicon_when_no_input_covers_enough_channels(m
     lexicon = [p for p in phrases if p.source == "lexicon"]
     assert lexicon and all(p.phrase in out["draft_prompt"] for p in lexicon)
     assert any(p.source == "persona" for p in phrases)
+
+
+def test_the_lexicon_also_fills_the_phrase_floor(prompt_library: Any) -> None:
+    from ed_agents.nodes.consensus import top_up
+
+    details = ["blood red", "harsh side light", "storm clouds"]  # 3 channels, 3 phrases, nothing else left
+    labels = {"blood red": "color_palette", "harsh side light": "lighting", "storm clouds": "environment"}
+    added = top_up(details, "a dog", [], None, leak_checker(prompt_library), labels, Emotion.ANGER)
+    assert len(details) + len(added) >= MIN_DETAILS and added
 
 
 def test_consensus_drops_details_that_leak_schema_or_example_text(make_context: Any) -> None:
