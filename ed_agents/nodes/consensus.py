@@ -96,7 +96,7 @@ def top_up(
     emotion: Emotion,
 ) -> list[str]:
     """Details added from the inputs until the floors hold: missing channels first, personas first; then,
-    for channels no input covered, the built-in lexicon."""
+    when the inputs cannot meet them, the built-in lexicon."""
     pool, _ = usable_details([c.text for c in candidates(reactions, chain)], user_prompt, checker)
     pool = [p for p in pool if phrase_key(p) not in {phrase_key(d) for d in details}]
     added: list[str] = []
@@ -109,9 +109,9 @@ def top_up(
         added.append(new)
     while pool and len(details) + len(added) < MIN_DETAILS:
         added.append(pool.pop(0))
-    have = details + added
-    if len(channels_of(have, labels)) < MIN_CHANNELS or len(have) < MIN_DETAILS:
-        added += _from_lexicon(have, user_prompt, emotion, checker, labels)
+    so_far = details + added
+    if len(channels_of(so_far, labels)) < MIN_CHANNELS or len(so_far) < MIN_DETAILS:
+        added += _from_lexicon(so_far, user_prompt, emotion, checker, labels)
     return added
 
 
