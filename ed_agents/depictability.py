@@ -48,11 +48,16 @@ def is_depictable(phrase: str) -> bool:
 # inside one word ("iiiiiiiieeeee", "aaaaargh"), which the repeated-word check cannot see.
 _STUTTER = re.compile(r"(\w)\1{3,}")
 MAX_WORD_CHARS = 22
+# Markdown and code debris ("the _*_*", "**bold**", "`x`", "a | b"): nothing a painter paints, and the
+# text encoder would read the symbols as words.
+_DEBRIS = re.compile(r"[*_#`~|<>{}\[\]\\=^]")
 
 
 def is_degenerate(phrase: str) -> bool:
-    """Whether ``phrase`` is a model's loop: a content word repeats ("red light red red", "foam foam"), or
-    one word stutters or runs on ("iiiiiiiiieeee")."""
+    """Whether ``phrase`` is a model's debris: a content word repeats ("red light red red", "foam foam"),
+    one word stutters or runs on ("iiiiiiiiieeee"), or it holds markdown or code symbols ("the _*_*")."""
+    if _DEBRIS.search(phrase):
+        return True
     content = [w for w in words(phrase) if w not in STOPWORDS]
     if any(len(w) > MAX_WORD_CHARS or _STUTTER.search(w) for w in content):
         return True

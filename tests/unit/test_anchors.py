@@ -82,6 +82,7 @@ def test_depictability_filter_separates_visible_from_invisible() -> None:
 def test_depictability_drops_small_model_debris() -> None:
     # Loops and cut-off tokens a 135M model leaves in its phrases: nothing a painter could paint.
     debris_seen = ("iiiiiiiiiiiiiiiiiiiiiiiiiiiiiieeeeeeeeee", "aaaargh sky", "greyblackbluegreenwhitelight")
+    debris_seen += ("my stomach will not escape the _*_*", "**red** light", "a `lamp`", "sky | sea")
     for debris in ("red light red red", "foam foam", "l", "a l", "ii", *debris_seen):
         assert not is_depictable(debris), debris
     for phrase in ("red", "ink black", "a torn leash", "fog", "a coffee cup", "weeping willow"):
