@@ -118,15 +118,14 @@ def eval_run(
         raise InvalidInputError(f"--max-failed {max_failed}: allowed a share from 0 to 1")
     shard = detect_shard()
     out = _out_dir(out, settings, suite, shard)
-    identity = run_identity(settings)  # the settings from flags, env and config decide samples too
     check_writable(out)
-    check_out_dir(out, suite, suite_file, shard, resume, identity)
-    if resume and not out.exists():  # fine (a rerun of a failed start), but not what the user expected
-        err_console.print(f"--resume: {esc(str(out))} does not exist; starting a new run", highlight=False)
     prompts = PromptLibrary.load(settings.prompts_dir)
+    identity = run_identity(settings)  # the settings from flags, env and config decide samples too
     # Edited persona or task files change the samples as much as a setting does.
     identity["prompt_files"] = {f.id: f.sha256 for f in prompts}
     check_out_dir(out, suite, suite_file, shard, resume, identity)
+    if resume and not out.exists():  # fine (a rerun of a failed start), but not what the user expected
+        err_console.print(f"--resume: {esc(str(out))} does not exist; starting a new run", highlight=False)
     tokens = default_counter()
     validate_suite(suite, prompts, tokens, settings)
     if suite.image_scoring.enabled and suite.images_per_prompt:

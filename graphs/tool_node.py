@@ -125,12 +125,8 @@ def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
     }
 
 
-def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> dict[str, Any]:
-    """What reproduces a run: inputs, prompts, seeds, models and hashes, prompt files, timings."""
-    run = state.get("run_index", 0)
-    trace = [t for t in state.get("trace", []) if t.run_index == run]
-    prompt_files = sorted({(t.prompt_id, t.prompt_version, t.prompt_sha256) for t in trace if t.prompt_id})
-    llm_models = sorted({t.model for t in trace if t.model})
+def _run_record(state: GraphState, options: RenderOptions) -> dict[str, Any]:
+    """What every render manifest holds, finished or not: the code, the inputs, the prompts, the options."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -146,9 +142,20 @@ def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> di
         },
         "final_prompt": state.get("final_prompt"),
         "negative_prompt": state.get("negative_prompt", ""),
+        "render_options": options.model_dump(),
+    }
+
+
+def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> dict[str, Any]:
+    """What reproduces a run: inputs, prompts, seeds, models and hashes, prompt files, timings."""
+    run = state.get("run_index", 0)
+    trace = [t for t in state.get("trace", []) if t.run_index == run]
+    prompt_files = sorted({(t.prompt_id, t.prompt_version, t.prompt_sha256) for t in trace if t.prompt_id})
+    llm_models = sorted({t.model for t in trace if t.model})
+    return {
+        **_run_record(state, options),
         "anchors": state.get("anchors", []),
         "seeds": list(result.seeds),
-        "render_options": options.model_dump(),
         "render_settings": result.settings,
         "visual_prompt": result.visual_prompt.as_dict(),
         "model": result.model,
@@ -171,22 +178,9 @@ def partial_manifest(
     """The manifest of a run that stopped before its last image: its inputs, the images it left, and why."""
     interrupted = isinstance(exc, KeyboardInterrupt)
     return {
-        "manifest_version": MANIFEST_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_record(state, options),
         "status": "interrupted" if interrupted else "failed",
         "error": None if interrupted else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-        "emodir_version": package_version(),
-        "git_sha": _git_sha(),
-        "git_dirty": git_dirty(REPO_ROOT),
-        "inputs": {
-            "user_prompt": state["user_prompt"],
-            "emotion": parse_emotion(state["target_emotion"]).value,
-            "personas": state.get("persona_ids", []),
-            "agents": state.get("agents", True),
-        },
-        "final_prompt": state.get("final_prompt"),
-        "negative_prompt": state.get("negative_prompt", ""),
-        "render_options": options.model_dump(),
         "images": sorted(p.name for p in run_dir.glob("image_*.png")),
     }
 
