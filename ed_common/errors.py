@@ -16,6 +16,10 @@ class InvalidInputError(EmodirError, ValueError):
     """Bad user input: an empty prompt, a prompt over the token limit, an unknown emotion or persona, ..."""
 
 
+class OutputExistsError(EmodirError):
+    """A file or run directory we would write already exists (nothing is ever overwritten)."""
+
+
 _SHOWN_ERRORS = 8
 
 

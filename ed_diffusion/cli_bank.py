@@ -10,8 +10,6 @@ import typer
 from rich.table import Table
 
 from ed_common.cli_io import err, out, settings_of
-from ed_common.errors import InvalidInputError
-from ed_common.paths import check_writable
 from ed_common.text import esc
 
 app = typer.Typer(no_args_is_help=True, help="Build and inspect emotion visual-prompt banks.")
@@ -42,47 +40,33 @@ def bank_build(
     """Build a visual-prompt bank: per emotion, K-means over CLIP caption features, image-feature centres."""
     from rich.progress import Progress
 
-    from ed_diffusion.bank import build_bank, check_cluster_sizes
-    from ed_diffusion.data import load_emotion_dataset
-    from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
-    from ed_diffusion.images import OutputExistsError
+    from ed_diffusion.bank_build import prepare_bank_build
+    from ed_diffusion.data import LoadSummary
     from ed_diffusion.logs import quiet_third_party
-    from ed_diffusion.pipeline import pick_device
+
+    def report_skipped(summary: LoadSummary) -> None:
+        if summary.num_skipped:
+            err.print(f"[yellow]skipped {summary.num_skipped} bad row(s):[/] {esc(str(summary.skipped))}")
 
     quiet_third_party()
-    # Every option is checked before the dataset is read or an encoder loaded (minutes on a real EmoSet).
-    dev = pick_device(device)
-    if clusters < 1:
-        raise InvalidInputError(f"--clusters {clusters}; allowed: an integer >= 1")
-    if image_kind is not None and image_kind not in ("clip", "dino"):
-        raise InvalidInputError(f"--image-kind {image_kind!r} is unknown; allowed: clip, dino")
-    if out_path.exists():
-        raise OutputExistsError(f"{out_path} already exists; refusing to overwrite it")
-    check_writable(out_path, directory=False)
-    samples, summary = load_emotion_dataset(data)
-    if summary.num_skipped:
-        err.print(f"[yellow]skipped {summary.num_skipped} bad row(s):[/] {esc(str(summary.skipped))}")
-    check_cluster_sizes(samples, clusters)  # before the encoders load (build_bank checks it too)
-    if text_encoder == "tiny" or image_encoder == "tiny":
-        tiny = ensure_tiny_encoders_dir(settings_of(ctx).cache_dir / "tiny-encoders")
-        text_encoder = str(tiny / "text") if text_encoder == "tiny" else text_encoder
-        image_encoder = str(tiny / "image") if image_encoder == "tiny" else image_encoder
-    kind = image_kind or ("dino" if "dino" in image_encoder.lower() else "clip")
-    encoders = FeatureEncoders.from_pretrained(
-        text_encoder, image_encoder, kind="dino" if kind == "dino" else "clip", device=dev
+    build = prepare_bank_build(
+        data,
+        out_path,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        image_kind=image_kind,
+        clusters=clusters,
+        seed=seed,
+        device=device,
+        cache_dir=settings_of(ctx).cache_dir,
+        on_loaded=report_skipped,
     )
     with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("encoding", total=len(samples))
-        bank = build_bank(
-            samples,
-            encoders,
-            clusters=clusters,
-            seed=seed,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-    bank.save(out_path)
+        task = progress.add_task("encoding", total=len(build.samples))
+        bank = build.run(progress=lambda done, total: progress.update(task, completed=done, total=total))
     out.print(
-        f"[green]bank written[/] {esc(str(out_path))}: {len(samples)} samples, L={clusters}, d_v={bank.d_v}"
+        f"[green]bank written[/] {esc(str(out_path))}: {len(build.samples)} samples, L={clusters}, "
+        f"d_v={bank.d_v}"
     )
 
 

@@ -54,8 +54,14 @@ def world_bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ed_diffusion.logs import quiet_third_party
-    from ed_diffusion.presets.world import install_world_preset
-    from ed_diffusion.world.bench import BenchConfig, check_bench_dir, run_bench
+    from ed_diffusion.world.bench import (
+        BenchConfig,
+        check_bench_dir,
+        install_as_world_preset,
+        run_bench,
+        steps_to_run,
+    )
+    from ed_diffusion.world.report import markdown_table
 
     quiet_third_party()
     overrides: dict[str, Any] = {}
@@ -66,8 +72,6 @@ def world_bench(
     cfg = BenchConfig.quick(**overrides) if quick else BenchConfig.full(**overrides)
     check_writable(out_dir)
     check_bench_dir(out_dir)  # run_bench checks again; here it also precedes the progress bar
-    vae = 0 if (out_dir / "vae" / "config.json").is_file() else cfg.vae_steps
-    todo = [s for s in cfg.seeds if not (out_dir / f"seed{s}" / "result.json").is_file()]
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,18 +79,15 @@ def world_bench(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err) as progress:
-        task = progress.add_task("world bench", total=vae + cfg.steps_per_seed() * len(todo))
+        task = progress.add_task("world bench", total=steps_to_run(out_dir, cfg))
         results = run_bench(
             out_dir, cfg, progress=lambda n, what: progress.update(task, advance=n, description=esc(what))
         )
-    out.print((out_dir / "results.md").read_text(encoding="utf-8"))
+    out.print(markdown_table(results))  # what results.md holds
     out.print(f"[green]written[/] {esc(str(out_dir))}/results.json, results.md, samples.png")
     if install_preset and not quick:  # a --quick model is a smoke test, never the `world` preset
-        from ed_diffusion.presets.world import world_preset_ready
-
         target = settings_of(ctx).cache_dir / "world-preset"
-        if not world_preset_ready(target):
-            install_world_preset(out_dir, target, seed=results["seeds"][0]["seed"], replace=True)
+        if install_as_world_preset(out_dir, results, target):
             out.print(f"installed the `world` preset in {esc(str(target))}")
 
 

@@ -10,11 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ed_common.errors import EmodirError
-
-
-class OutputExistsError(EmodirError):
-    """A file or run directory we would write already exists."""
+from ed_common.errors import OutputExistsError
 
 
 def save_png_atomic(image: Image.Image, path: Path) -> Path:

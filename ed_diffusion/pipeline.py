@@ -12,78 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import InvalidInputError
 from ed_common.hashing import file_sha256
-from ed_common.limits import MAX_SEED
+from ed_common.render_contract import (
+    NegativeVP,
+    RenderRequest,
+    RenderResult,
+    VisualPromptChoice,
+    checked,
+)
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.images import contact_sheet, save_png_atomic
 from ed_diffusion.model_source import ModelMissingError, load_diffusers_pipeline
 from ed_diffusion.presets import PresetSpec
 
 log = logging.getLogger(__name__)
-
-NegativeVP = Literal["none", "opposite", "confusable"]
-
-
-@dataclass(frozen=True)
-class VisualPromptChoice:
-    """Which bank clusters were retrieved (serialisable: the graph state and manifests hold it)."""
-
-    emotion: str
-    indices: list[int]
-    scores: list[float]
-    negative_emotion: str | None = None
-    negative_indices: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return {
-            "emotion": self.emotion,
-            "indices": self.indices,
-            "scores": self.scores,
-            "negative_emotion": self.negative_emotion,
-            "negative_indices": self.negative_indices,
-        }
-
-
-@dataclass(frozen=True)
-class RenderRequest:
-    """One render: prompts, visual prompt, sampling and where to write."""
-
-    prompt: str
-    emotion: str
-    out_dir: Path
-    negative_prompt: str = ""
-    visual_prompt: VisualPromptChoice | None = None  # None = retrieve it here
-    vp_scale: float = 1.0
-    top_k: int = 4
-    negative_vp: NegativeVP = "none"
-    seed: int = 0
-    n_images: int = 1
-    steps: int | None = None  # None = the preset's default
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    """Paths and metadata of a finished render."""
-
-    images: list[Path]
-    contact_sheet: Path | None
-    seeds: list[int]
-    visual_prompt: VisualPromptChoice
-    model: dict[str, Any]
-    settings: dict[str, Any]
-    timings: dict[str, float]
 
 
 def pick_device(device: str | None) -> str:
@@ -219,21 +169,16 @@ class MCDiffusion:
         target = parse_emotion(emotion)
         query = self.encoders.encode_text([prompt])[0]  # [d_t]
         hit = self.bank.retrieve(query, target, k=top_k)
-        choice = VisualPromptChoice(
-            emotion=target.value,
-            indices=hit.indices[0].tolist(),
-            scores=[round(float(s), 6) for s in hit.scores[0]],
-        )
+        negative: dict[str, Any] = {}
         if negative_vp != "none":
             neg = self.bank.retrieve_negative(query, target, k=top_k, strategy=negative_vp)
-            choice = VisualPromptChoice(
-                emotion=choice.emotion,
-                indices=choice.indices,
-                scores=choice.scores,
-                negative_emotion=neg.emotions[0].value,
-                negative_indices=neg.indices[0].tolist(),
-            )
-        return choice
+            negative = {"negative_emotion": neg.emotions[0], "negative_indices": neg.indices[0].tolist()}
+        return VisualPromptChoice(
+            emotion=target,
+            indices=hit.indices[0].tolist(),
+            scores=[round(float(s), 6) for s in hit.scores[0]],
+            **negative,
+        )
 
     def tokens_for(self, choice: VisualPromptChoice) -> tuple[torch.Tensor, torch.Tensor]:
         """(positive, negative) visual tokens ``[1, 1, k, d_v]`` for ``ip_adapter_image_embeds``.
@@ -242,24 +187,25 @@ class MCDiffusion:
         """
         assert self.bank is not None
         centres = self.bank.visual_centres  # [E, L, d_v]
-        pos = centres[parse_emotion(choice.emotion).label_index, choice.indices]  # [k, d_v]
+        pos = centres[choice.emotion.label_index, choice.indices]  # [k, d_v]
         if choice.negative_emotion is not None:
-            neg = centres[
-                parse_emotion(choice.negative_emotion).label_index, choice.negative_indices
-            ]  # [k, d_v]
+            neg = centres[choice.negative_emotion.label_index, choice.negative_indices]  # [k, d_v]
         else:
             neg = torch.zeros_like(pos)
         return pos[None, None], neg[None, None]  # [1, 1, k, d_v] each
 
     # ------------------------------------------------------------------ render
-    def render(self, request: RenderRequest) -> RenderResult:
+    def render(self, request: RenderRequest | Mapping[str, Any]) -> RenderResult:
         """Render ``request.n_images`` images (seeds ``seed .. seed+n-1``) into ``request.out_dir``.
+
+        A plain mapping of ``RenderRequest`` fields is accepted and validated like one.
 
         Raises:
             InvalidInputError: a bad request value (names it and what is allowed).
             OutputExistsError: an image file already exists (nothing is overwritten).
         """
-        _check_request(request)
+        if not isinstance(request, RenderRequest):
+            request = checked(RenderRequest, **request)
         self.load()
         with self._render_lock:
             return self._render(request)
@@ -280,7 +226,7 @@ class MCDiffusion:
         embeds = torch.cat(pairs).to(self.device, self.dtype)  # [2 or 1, 1, k, d_v]
         width, height = request.width or p.size, request.height or p.size
         request.out_dir.mkdir(parents=True, exist_ok=True)
-        seeds = [request.seed + i for i in range(request.n_images)]
+        seeds = request.seeds
         paths: list[Path] = []
         images = []
         start = time.perf_counter()
@@ -345,31 +291,6 @@ class MCDiffusion:
             out["bank_text_encoder"] = self.bank.metadata.text_encoder
             out["bank_image_encoder"] = self.bank.metadata.image_encoder
         return out
-
-
-def _check_request(r: RenderRequest) -> None:
-    checks = [
-        (bool(r.prompt.strip()), f"prompt {r.prompt!r} is empty"),
-        (1 <= r.n_images <= 64, f"n_images={r.n_images} is out of range; allowed: 1..64"),
-        (0.0 <= r.vp_scale <= 10.0, f"vp_scale={r.vp_scale} is out of range; allowed: 0..10"),
-        (1 <= r.top_k <= 64, f"top_k={r.top_k} is out of range; allowed: 1..64"),
-        (
-            r.seed >= 0 and r.seed + r.n_images - 1 <= MAX_SEED,
-            f"seed={r.seed} is out of range for {r.n_images} image(s); "
-            f"allowed: 0..{MAX_SEED - r.n_images + 1}",
-        ),
-        (r.steps is None or 1 <= r.steps <= 200, f"steps={r.steps} is out of range; allowed: 1..200"),
-        (
-            r.negative_vp in ("none", "opposite", "confusable"),
-            f"negative_vp={r.negative_vp!r} is unknown; allowed: none, opposite, confusable",
-        ),
-    ]
-    for size in (r.width, r.height):
-        checks.append((size is None or (size >= 8 and size % 8 == 0), f"size {size} must be a multiple of 8"))
-    for ok, message in checks:
-        if not ok:
-            raise InvalidInputError(message)
-    parse_emotion(r.emotion)
 
 
 def _existing(path: str | None, what: str) -> str:

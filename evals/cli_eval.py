@@ -134,7 +134,7 @@ def eval_run(
         image_scoring_config(suite.image_scoring)  # its own validation, before hours of generation
     # Only after the cheap checks: starting a server or loading a diffusion model takes a while.
     if needs_llm(suite):
-        from ed_agents.serving import ensure_llm
+        from ed_agents.llm_endpoint import ensure_llm
 
         with err_console.status("checking the LLM server") as status:
             ensure_llm(settings, autostart=settings.autostart and not no_autostart, on_progress=status.update)

@@ -35,10 +35,11 @@ from ed_agents.llm import LLMCallError
 from ed_agents.prompts import PromptLibrary
 from ed_agents.state import PersonaReaction, RevisedPrompt, TraceEntry
 from ed_agents.validation import check_request, select_personas
+from ed_common.render_contract import RenderOptions
 from ed_common.settings import Settings
 from evals.records import PersonaText, SampleRecord, SampleSpec
 from evals.suite import Suite, SystemEntry
-from graphs.state import GraphState, RenderOptions
+from graphs.state import GraphState
 from graphs.tool_node import render_image, retrieve_visual_prompt
 
 ContextFactory = Callable[[int], Context]
@@ -243,7 +244,7 @@ def _ok_record(base: dict[str, Any], state: dict[str, Any], out: Path, start: fl
             for r in state.get("persona_reactions") or []
         ],
         images=[os.path.relpath(p, out) for p in state.get("images") or []],
-        visual_prompt=state.get("visual_prompt"),
+        visual_prompt=vp.as_dict() if (vp := state.get("visual_prompt")) else None,
         warnings=list(state.get("warnings") or []),
         trace=[t.model_dump(mode="json") for t in state.get("trace") or []],
         prompt_phrases=[p.model_dump(mode="json") for p in state.get("prompt_phrases") or []],

@@ -20,8 +20,9 @@ from rich.table import Table
 from ed_agents.chat_commands import COMMANDS, parse_command
 from ed_common.cli_io import err, out, settings_of
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
-from ed_common.errors import EmodirError, InvalidInputError, validation_line
+from ed_common.errors import EmodirError, InvalidInputError, OutputExistsError
 from ed_common.paths import check_writable
+from ed_common.render_contract import RenderOptions, checked
 from ed_common.settings import Settings
 from ed_common.text import esc
 
@@ -47,8 +48,8 @@ def _agent_context(
     """Validate the cheap things first (prompt files, the request), then make sure an LLM answers."""
     from ed_agents.clip_tokens import default_counter
     from ed_agents.context import build_context
+    from ed_agents.llm_endpoint import ensure_llm
     from ed_agents.prompts import PromptLibrary
-    from ed_agents.serving import ensure_llm
     from ed_agents.validation import check_request, select_personas
 
     prompts = PromptLibrary.load(settings.prompts_dir)
@@ -222,9 +223,6 @@ def generate(
     ] = False,
 ) -> None:
     """Generate images that feel EMOTION: MC-Agent rewrites the prompt, MC-Diffusion renders it."""
-    from ed_diffusion.images import OutputExistsError
-    from graphs.state import RenderOptions
-
     target = parse_emotion(emotion)
     settings = settings_of(
         ctx,
@@ -249,17 +247,15 @@ def generate(
     for flag, value in (("--bank", settings.bank), ("--adapter", settings.adapter)):
         if value and not Path(value).expanduser().is_file():
             raise InvalidInputError(f"{flag} {value!r} is not a file")
-    try:
-        options = RenderOptions(
-            n_images=n,
-            seed=settings.seed,
-            steps=steps,
-            vp_scale=vp_scale,
-            negative_vp=negative_vp,
-            out_dir=str(out_dir) if out_dir else None,
-        )
-    except ValueError as exc:
-        raise InvalidInputError(validation_line(exc)) from None
+    options = checked(
+        RenderOptions,
+        n_images=n,
+        seed=settings.seed,
+        steps=steps,
+        vp_scale=vp_scale,
+        negative_vp=negative_vp,
+        out_dir=str(out_dir) if out_dir else None,
+    )
     context = _agent_context(
         settings,
         settings.autostart and not no_autostart,
@@ -278,10 +274,7 @@ def generate(
     if as_json:
         from graphs.runner import state_to_json
 
-        data = state_to_json(final) | {
-            k: final.get(k) for k in ("run_dir", "images", "contact_sheet", "manifest", "visual_prompt")
-        }
-        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.write(json.dumps(state_to_json(final, render=True), ensure_ascii=False) + "\n")
 
 
 def chat(
@@ -405,8 +398,6 @@ class ChatRepl:
 
     def render(self, arg: str) -> None:
         """Render the current prompt with MC-Diffusion (loaded on first use)."""
-        from graphs.state import RenderOptions
-
         if not arg.strip().isdigit() and arg.strip():
             raise InvalidInputError(f"/render {arg!r}: give a number of images, e.g. /render 4")
         n = int(arg) if arg.strip() else 4
@@ -414,10 +405,8 @@ class ChatRepl:
             raise InvalidInputError(f"/render {n}: allowed 1..64 images")
         if self.session.context.renderer is None:
             self.session.context = replace(self.session.context, renderer=_renderer(self.settings))
-        try:
-            options = RenderOptions(n_images=n, seed=self.settings.seed)
-        except ValueError as exc:  # seed + n past the largest seed
-            raise InvalidInputError(validation_line(exc)) from None
+        # Checked: seed + n may pass the last seed.
+        options = checked(RenderOptions, n_images=n, seed=self.settings.seed)
         self._run(self.session.render(options))
 
     def set_personas(self, arg: str) -> None:

@@ -1,10 +1,12 @@
 """The Emotion-Director graph: MC-Agent (personas, chain of concept, consensus, steering) + MC-Diffusion.
 
-    START -> understand_request -> { react_as_persona x N (Send), expand_concepts, extract_anchors }
+    START -> accept_request (validate; the emotion is normalised once, here) -> one of:
+    understand_request -> { react_as_persona x N (Send), expand_concepts, extract_anchors }
           (one super-step, in parallel) -> write_consensus -> verify_anchors
           -> [repair_prompt -> verify_anchors] -> finalize_prompt
-    START -> revise_prompt (same request + new feedback) -> verify_anchors -> ...
-    START -> adopt_prompt (agents off: the user's prompt as written)
+    revise_prompt (same request + new feedback) -> verify_anchors -> ...
+    adopt_prompt (agents off: the user's prompt as written)
+    retrieve_visual_prompt (a render of the prompt the thread already has)
     finalize_prompt / adopt_prompt -> [retrieve_visual_prompt -> render_image] (when a render is asked for)
 
 A new rewrite's critical path is two LLM calls: the parallel stage, then the consensus.
@@ -19,19 +21,17 @@ from typing import Any, Literal
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.runtime import Runtime
 
 from ed_agents.anchors import settle_anchors
-from ed_agents.context import Context, context_of
+from ed_agents.context import Context
 from ed_agents.nodes.concepts import expand_concepts
 from ed_agents.nodes.consensus import write_consensus
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
-from ed_agents.nodes.understand import extract_anchors, request_key, understand_request
+from ed_agents.nodes.understand import accept_request, extract_anchors, request_key, understand_request
 from ed_agents.routing import route_after_verify, route_start
 from ed_agents.state import HistoryEntry, PersonaTask
-from ed_agents.validation import check_request
 from graphs.state import GraphInput, GraphOutput, GraphState
 from graphs.tool_node import render_image, retrieve_visual_prompt
 
@@ -44,8 +44,7 @@ def route_entry(state: GraphState) -> Entry:
         return "adopt_prompt"
     route = route_start(state)
     if route == "understand_request" and state.get("render") and state.get("final_prompt"):
-        emotion = str(state["target_emotion"]).strip().lower()
-        same = state.get("request_key") == request_key(state["user_prompt"], emotion)
+        same = state.get("request_key") == request_key(state["user_prompt"], state["target_emotion"])
         if same and len(state.get("feedback", [])) <= state.get("feedback_applied", 0):
             return "retrieve_visual_prompt"
     return route
@@ -56,16 +55,15 @@ def route_after_prompt(state: GraphState) -> Literal["retrieve_visual_prompt", "
     return "retrieve_visual_prompt" if state.get("render") else "__end__"
 
 
-def adopt_prompt(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """The baseline path: the user's prompt goes to the renderer unchanged (still validated)."""
-    ctx = context_of(runtime)
-    emotion = check_request(state["user_prompt"], state["target_emotion"], ctx.tokens, ctx.max_prompt_tokens)
+def adopt_prompt(state: GraphState) -> dict[str, Any]:
+    """The baseline path: the user's prompt goes to the renderer unchanged (validated at the entry)."""
+    emotion = state["target_emotion"]
     run = state.get("run_index", -1) + 1
     prompt = " ".join(state["user_prompt"].split())
     return {
         "target_emotion": emotion,
         "run_index": run,
-        "request_key": request_key(prompt, emotion.value),
+        "request_key": request_key(prompt, emotion),
         "mode": "new",
         "anchors": settle_anchors(prompt, []),
         "persona_ids": [],
@@ -85,6 +83,7 @@ def adopt_prompt(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     """Compile the graph (optionally with a checkpointer for chat sessions)."""
     g = StateGraph(GraphState, input_schema=GraphInput, output_schema=GraphOutput, context_schema=Context)
+    g.add_node("accept_request", accept_request)
     g.add_node("understand_request", understand_request)
     # The persona node takes a Send payload (PersonaTask), not the state; the overloads cannot say so.
     g.add_node("react_as_persona", react_as_persona, input_schema=PersonaTask)  # type: ignore[call-overload]
@@ -99,8 +98,11 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     g.add_node("retrieve_visual_prompt", retrieve_visual_prompt)
     g.add_node("render_image", render_image)
 
+    g.add_edge(START, "accept_request")
     g.add_conditional_edges(
-        START, route_entry, ["understand_request", "revise_prompt", "adopt_prompt", "retrieve_visual_prompt"]
+        "accept_request",
+        route_entry,
+        ["understand_request", "revise_prompt", "adopt_prompt", "retrieve_visual_prompt"],
     )
     g.add_conditional_edges("understand_request", route_to_personas, ["react_as_persona"])
     g.add_edge("understand_request", "expand_concepts")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from ed_common.render_contract import Renderer
 from ed_common.settings import Settings
 
 
-def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None = None) -> Any:
+def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None = None) -> Renderer:
     """Resolve the preset from Settings and load its renderer (cached per process).
 
     Raises:

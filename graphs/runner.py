@@ -25,6 +25,8 @@ JSON_KEYS = (
     "warnings",
     "trace",
 )
+# What `emodir generate --json` adds: where the render went and which visual prompt it used.
+RENDER_JSON_KEYS = ("run_dir", "images", "contact_sheet", "manifest", "visual_prompt")
 
 
 def stream_rewrite(context: Context, payload: InputState) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -41,7 +43,7 @@ def stream_rewrite(context: Context, payload: InputState) -> Iterator[tuple[str,
     yield "__final__", final
 
 
-def state_to_json(state: dict[str, Any]) -> dict[str, Any]:
-    """The documented JSON view of a final state (``emodir rewrite --json``)."""
-    out = {k: state.get(k) for k in JSON_KEYS}
+def state_to_json(state: dict[str, Any], *, render: bool = False) -> dict[str, Any]:
+    """The documented JSON view of a final state (``emodir rewrite --json``; ``render``: ``generate``'s)."""
+    out = {k: state.get(k) for k in (*JSON_KEYS, *(RENDER_JSON_KEYS if render else ()))}
     return dict(to_jsonable_python(out))

@@ -20,13 +20,16 @@ from ed_agents.errors import InvalidInputError
 from ed_agents.state import HistoryEntry
 from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
+from ed_common.render_contract import RenderOptions
 from graphs.emotion_director import build_graph
-from graphs.state import GraphInput, RenderOptions
+from graphs.state import GraphInput
 
 # Exactly the types our state holds: the checkpoint loader refuses anything else (no arbitrary classes).
 _STATE_TYPES = [
     ("ed_common.emotions", "Emotion"),
-    ("graphs.state", "RenderOptions"),
+    ("ed_common.render_contract", "RenderOptions"),
+    ("ed_common.render_contract", "VisualPromptChoice"),
+    ("graphs.state", "RenderOptions"),  # where sessions saved before the render contract moved found it
     *(
         ("ed_agents.state", name)
         for name in (

@@ -1,7 +1,8 @@
 """The render stage: state -> RenderRequest -> Renderer -> PNGs + manifest.json in a new run directory.
 
-This is the graph's GPU tool node and the only place the agent side meets ``ed_diffusion`` (imported
-lazily, so agent-only runs never import torch).
+This is the graph's GPU tool node. It speaks only the torch-free render contract
+(``ed_common.render_contract``); the renderer itself (``ed_diffusion.pipeline.MCDiffusion``) is built by
+``graphs/renderer.py`` and handed in through the Context, so agent-only runs never import torch.
 """
 
 from __future__ import annotations
@@ -9,31 +10,20 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from langgraph.runtime import Runtime
 
 from ed_agents.context import Context, context_of
 from ed_agents.errors import EmodirError
 from ed_common.atomic import write_json_atomic
-from ed_common.emotions import parse_emotion
+from ed_common.errors import OutputExistsError
 from ed_common.git_state import git_dirty, git_sha, package_version
+from ed_common.render_contract import Renderer, RenderOptions, RenderRequest, RenderResult
 from ed_common.settings import REPO_ROOT
-from graphs.state import GraphState, RenderOptions
+from graphs.state import GraphState
 
 MANIFEST_VERSION = 1
-
-
-class Renderer(Protocol):
-    """What the render stage needs (``ed_diffusion.pipeline.MCDiffusion``; tests use a fake)."""
-
-    def retrieve(self, prompt: str, emotion: str, *, top_k: int = 4, negative_vp: str = "none") -> Any:
-        """The visual-prompt choice for ``prompt`` under ``emotion`` (has ``as_dict()``)."""
-        ...
-
-    def render(self, request: Any) -> Any:
-        """Render a ``RenderRequest``; returns a ``RenderResult``."""
-        ...
 
 
 class RendererMissingError(EmodirError):
@@ -53,8 +43,6 @@ def claim_run_dir(path: Path) -> Path:
     Raises:
         OutputExistsError: ``path`` exists.
     """
-    from ed_diffusion.images import OutputExistsError
-
     try:
         path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
@@ -68,49 +56,38 @@ def _renderer(ctx: Context) -> Renderer:
         raise RendererMissingError(
             "this run asks for images but no renderer is configured (emodir generate has one)"
         )
-    return renderer  # type: ignore[return-value]  # Context holds it as `object` (ed_agents can't name it)
+    return renderer
 
 
 def retrieve_visual_prompt(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Retrieve the emotion's visual prompt for the final prompt (bank top-k by CLIP text cosine)."""
     options = state.get("render") or RenderOptions()
     choice = _renderer(context_of(runtime)).retrieve(
-        state["final_prompt"],
-        str(parse_emotion(state["target_emotion"])),
-        top_k=options.top_k,
-        negative_vp=options.negative_vp,
+        state["final_prompt"], state["target_emotion"], top_k=options.top_k, negative_vp=options.negative_vp
     )
-    return {"visual_prompt": choice.as_dict()}
+    return {"visual_prompt": choice}
 
 
 def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Render into a new run directory and write its manifest."""
-    from ed_diffusion.pipeline import RenderRequest, VisualPromptChoice
-
     ctx = context_of(runtime)
     renderer = _renderer(ctx)
     options = state.get("render") or RenderOptions()
-    emotion = parse_emotion(state["target_emotion"]).value
+    emotion = state["target_emotion"]
     run_dir = (
-        Path(options.out_dir) if options.out_dir else new_run_dir(ctx.runs_dir, emotion, state["user_prompt"])
+        Path(options.out_dir)
+        if options.out_dir
+        else new_run_dir(ctx.runs_dir, emotion.value, state["user_prompt"])
     )
-    claim_run_dir(run_dir)
-    request = RenderRequest(
+    request = RenderRequest.from_options(
+        options,
         prompt=state["final_prompt"],
         negative_prompt=state.get("negative_prompt", ""),
         emotion=emotion,
         out_dir=run_dir,
-        visual_prompt=VisualPromptChoice(**vp) if (vp := state.get("visual_prompt")) else None,
-        vp_scale=options.vp_scale,
-        top_k=options.top_k,
-        negative_vp=options.negative_vp,
-        seed=options.seed,
-        n_images=options.n_images,
-        steps=options.steps,
-        guidance=options.guidance,
-        width=options.width,
-        height=options.height,
+        visual_prompt=state.get("visual_prompt"),
     )
+    claim_run_dir(run_dir)
     try:
         result = renderer.render(request)
     except BaseException as exc:  # Ctrl-C or a failure mid-run: the images so far still get a manifest
@@ -135,7 +112,7 @@ def _run_record(state: GraphState, options: RenderOptions) -> dict[str, Any]:
         "git_dirty": git_dirty(REPO_ROOT),
         "inputs": {
             "user_prompt": state["user_prompt"],
-            "emotion": parse_emotion(state["target_emotion"]).value,
+            "emotion": state["target_emotion"].value,
             "personas": state.get("persona_ids", []),
             "feedback": state.get("feedback", [])[state.get("feedback_start", 0) :],
             "agents": state.get("agents", True),
@@ -146,7 +123,7 @@ def _run_record(state: GraphState, options: RenderOptions) -> dict[str, Any]:
     }
 
 
-def build_manifest(state: GraphState, options: RenderOptions, result: Any) -> dict[str, Any]:
+def build_manifest(state: GraphState, options: RenderOptions, result: RenderResult) -> dict[str, Any]:
     """What reproduces a run: inputs, prompts, seeds, models and hashes, prompt files, timings."""
     run = state.get("run_index", 0)
     trace = [t for t in state.get("trace", []) if t.run_index == run]

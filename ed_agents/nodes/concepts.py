@@ -23,7 +23,6 @@ from ed_agents.state import (
     TraceEntry,
     VisualConcepts,
 )
-from ed_common.emotions import parse_emotion
 
 
 def apply_depictability(visual: VisualConcepts) -> tuple[VisualConcepts, list[str]]:
@@ -41,7 +40,7 @@ def expand_concepts(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Run the chain of concept in one call, beside the personas; the built-in lexicon where it fails."""
     ctx = context_of(runtime)
     run = state.get("run_index", 0)
-    emotion = parse_emotion(state["target_emotion"])
+    emotion = state["target_emotion"]
     trace: list[TraceEntry] = []
     warnings: list[str] = []
     try:

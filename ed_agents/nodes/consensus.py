@@ -26,7 +26,7 @@ from ed_agents.llm import LLMCallError, reply_schema
 from ed_agents.nodes.common import current_reactions, note
 from ed_agents.provenance import Candidate, candidates, content, phrase_key, trace_phrase
 from ed_agents.state import ConceptChain, ConsensusReply, PersonaReaction, StageOutcome, State
-from ed_common.emotions import Emotion, parse_emotion
+from ed_common.emotions import Emotion
 
 MIN_DETAILS = 4
 MIN_CHANNELS = 3
@@ -208,7 +208,7 @@ def write_consensus(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Ask for the details; keep the usable ones, top them up to the floors, or compose them on failure."""
     ctx = context_of(runtime)
     run = state.get("run_index", 0)
-    emotion = parse_emotion(state["target_emotion"])
+    emotion = state["target_emotion"]
     reactions = current_reactions(state)
     chain = state.get("concepts")
     warnings: list[str] = []

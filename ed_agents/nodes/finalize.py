@@ -14,7 +14,6 @@ from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import current_reactions, note
 from ed_agents.provenance import added_phrases, split_clauses
 from ed_agents.state import HistoryEntry, PersonaReaction, RevisedPrompt, State, UsedIdea
-from ed_common.emotions import parse_emotion
 
 
 def verify_anchors(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def repair_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             run_index=run,
             repair=ctx.prompts.get("tasks/repair_output"),
             variables={
-                "emotion": parse_emotion(state["target_emotion"]).value,
+                "emotion": state["target_emotion"].value,
                 "user_prompt": state["user_prompt"],
                 "draft_prompt": state.get("draft_prompt", ""),
                 "missing_anchors": state.get("missing_anchors", []),
@@ -112,7 +111,7 @@ def finalize_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         run_index=run,
         kind=mode,
         user_prompt=state["user_prompt"],
-        emotion=parse_emotion(state["target_emotion"]),
+        emotion=state["target_emotion"],
         feedback=feedback[-1] if mode == "feedback" and feedback else None,
         final_prompt=final,
     )

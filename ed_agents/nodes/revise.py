@@ -10,7 +10,6 @@ from ed_agents.context import Context, context_of
 from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import note
 from ed_agents.state import RevisedPrompt, State
-from ed_common.emotions import parse_emotion
 
 
 def revise_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def revise_prompt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             run_index=run,
             repair=ctx.prompts.get("tasks/repair_output"),
             variables={
-                "emotion": parse_emotion(state["target_emotion"]).value,
+                "emotion": state["target_emotion"].value,
                 "token_budget": ctx.token_budget,
                 "user_prompt": state["user_prompt"],
                 "anchors": state.get("anchors", []),

@@ -1,4 +1,4 @@
-"""Stage 1: validate the request, pick the personas, settle the content anchors.
+"""Stage 1: validate the request (the graph's entry), pick the personas, settle the content anchors.
 
 ``understand_request`` is deterministic, so the persona fan-out starts at once with the prompt's content
 words as anchors. ``extract_anchors`` asks the LLM for the phrases (subjects, scene, attributes) in the
@@ -18,24 +18,36 @@ from ed_agents.llm import LLMCallError
 from ed_agents.nodes.common import note
 from ed_agents.state import ContentAnchors, State
 from ed_agents.validation import check_request, select_personas
+from ed_common.emotions import Emotion
 
 
-def request_key(user_prompt: str, emotion: str) -> str:
+def request_key(user_prompt: str, emotion: Emotion) -> str:
     """Identity of a request: a new key means a fresh run, the same key plus feedback means a revision."""
-    return f"{emotion}|{' '.join(user_prompt.split())}"
+    return f"{emotion.value}|{' '.join(user_prompt.split())}"
+
+
+def accept_request(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The graph's entry: validate the request and normalise the emotion once ("Fear " -> Emotion.FEAR).
+
+    Every node after this one trusts ``target_emotion`` to be an ``Emotion``; a client of the LangGraph API
+    that sends a plain name gets it normalised here, whatever path the run then takes.
+    """
+    ctx = context_of(runtime)
+    emotion = check_request(state["user_prompt"], state["target_emotion"], ctx.tokens, ctx.max_prompt_tokens)
+    return {"target_emotion": emotion}
 
 
 def understand_request(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Validate the request, choose the personas and take the prompt's content words as first anchors."""
+    """Choose the personas and take the prompt's content words as first anchors (the request is valid)."""
     ctx = context_of(runtime)
-    emotion = check_request(state["user_prompt"], state["target_emotion"], ctx.tokens, ctx.max_prompt_tokens)
+    emotion = state["target_emotion"]
     run_index = state.get("run_index", -1) + 1
     persona_ids = select_personas(ctx.prompts.ids("persona"), state.get("personas"), ctx.n_personas, ctx.seed)
     anchors = settle_anchors(state["user_prompt"], [])
     return {
         "target_emotion": emotion,
         "run_index": run_index,
-        "request_key": request_key(state["user_prompt"], emotion.value),
+        "request_key": request_key(state["user_prompt"], emotion),
         "mode": "new",
         "anchors": anchors,
         "persona_ids": persona_ids,

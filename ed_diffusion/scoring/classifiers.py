@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ed_diffusion.scoring.probe_files import (
     check_probe_tensors,
     load_probe_weights,
 )
-from ed_diffusion.world.oracle import emotion_scores
+from ed_diffusion.world.oracle import read_image
 from ed_diffusion.world.spec import WorldSpec
 
 ALPHABETICAL_NAMES: tuple[str, ...] = tuple(sorted(EMOTION_NAMES))
@@ -171,10 +171,10 @@ class ClipZeroShot:
 
 
 class WorldOracle:
-    """The synthetic world's emotion oracle.
+    """The synthetic world's emotion oracle: the posterior of ``read_image``, the world's one reading.
 
-    ``emotion_scores`` already returns the posterior under a uniform prior (a softmax of the per-emotion
-    Gaussian log-likelihoods), so it is used as is.
+    That posterior is already under a uniform prior (a softmax of the per-emotion Gaussian log-likelihoods),
+    so it is used as is.
     """
 
     def __init__(
@@ -198,6 +198,7 @@ class WorldOracle:
 
     def probs(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Float64 ``[n, 8]`` in EmoSet order; images must be square, 24..256 px (the oracle's range)."""
-        extra: dict[str, Any] = {} if self.attributes is None else {"attributes": self.attributes}
-        rows = [emotion_scores(np.asarray(im.convert("RGB")), self.spec, **extra) for im in images]
+        rows = [
+            read_image(np.asarray(im.convert("RGB")), self.spec, self.attributes).posterior for im in images
+        ]
         return np.stack(rows) if rows else np.zeros((0, NUM_EMOTIONS))

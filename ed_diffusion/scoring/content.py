@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ed_common.errors import InvalidInputError
 from ed_diffusion.scoring.clip_models import ImageFeatures, ImageTextEmbedder, prompt_ensemble
-from ed_diffusion.world.oracle import content_of
+from ed_diffusion.world.oracle import read_image
 from ed_diffusion.world.spec import WorldSpec
 
 CONTENT_TEMPLATES: tuple[str, ...] = ("a photo of a {label}",)  # EmoCtrl metrics/joint.py
@@ -50,7 +50,7 @@ class ContentScorer(Protocol):
 
 
 class WorldContentOracle:
-    """Exact content check in the synthetic world: ``content_of(image) == content`` (no class -> wrong)."""
+    """Exact content check in the synthetic world: ``read_image``'s silhouette must be the content."""
 
     def __init__(self, spec: WorldSpec | None = None, *, name: str = "world_oracle") -> None:
         """Score against ``spec`` (default ``WorldSpec()``)."""
@@ -60,7 +60,7 @@ class WorldContentOracle:
     def matches(self, images: Sequence[Image.Image], contents: Sequence[str]) -> np.ndarray:
         """Bool ``[n]``; images must be square, 24..256 px (the oracle's range)."""
         _check_lengths(images, contents)
-        found = [content_of(np.asarray(im.convert("RGB")), self.spec) for im in images]
+        found = [read_image(np.asarray(im.convert("RGB")), self.spec).content for im in images]
         return np.array([f == c for f, c in zip(found, contents, strict=True)], dtype=bool)
 
 

@@ -1,21 +1,10 @@
-"""The MC-Diffusion trainers (SFT and DPO with a negative visual prompt), on accelerate.
-
-One CPU or GPU as is; several GPUs or nodes through ``accelerate launch`` with no code change (batches are
-sharded by process; rank 0 logs and checkpoints). Every random draw of a step (batch order, noise,
-timesteps, visual-prompt dropout, VAE sampling) comes from generators seeded by ``(seed, step)``, so a resumed
-run continues *exactly*: its losses equal the uninterrupted run's. The reference model of DPO is the same UNet
-with its adapters disabled (emotion scale 0, LoRA off): no second UNet copy.
-"""
+"""The accelerate loop of ``emodir train sft|dpo``: setup, optimiser, each step's batches, resume."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from torch import Tensor
 
 from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
-from ed_diffusion.adapter_file import ATTN_PREFIX, PROJECTOR_PREFIX, load_adapter, save_adapter
+from ed_diffusion.adapter_file import load_adapter
 from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.data import EmotionSample, load_emotion_dataset
 from ed_diffusion.encoders import FeatureEncoders
@@ -38,17 +26,15 @@ from ed_diffusion.models.adapter import (
     get_emotion_projector,
     install_emotion_adapter,
     ip_linears,
-    reference_mode,
 )
 from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
 from ed_diffusion.presets import resolve_preset
 from ed_diffusion.training.checkpoints import (
-    ResumeMismatchError,
-    check_resumable,
-    checkpoints,
     latest_checkpoint,
-    read_state,
-    set_aside,
+    load_weights,
+    resume_latest,
+    rotate,
+    save_checkpoint,
     truncate_metrics,
 )
 from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig, save_config
@@ -60,13 +46,9 @@ from ed_diffusion.training.data import (
     collate_sft,
     load_preference_pairs,
 )
-from ed_diffusion.training.losses import (
-    combined_loss,
-    diffusion_dpo_loss,
-    negative_vp_dpo_loss,
-    per_sample_mse,
-)
+from ed_diffusion.training.losses import per_sample_mse
 from ed_diffusion.training.manifest import RunManifest, Status
+from ed_diffusion.training.objective import NoisedBatch, step_loss, train_objective
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -274,19 +256,19 @@ def _encode(
         return {"encoder_hidden_states": embeds}
 
 
-def _unet_err(
-    m: _Models, noisy: Tensor, t: Tensor, cond: dict[str, Any], tokens: Tensor, target: Tensor
-) -> Tensor:
-    added = {"image_embeds": [tokens]}
+def _unet_err(m: _Models, batch: NoisedBatch) -> Tensor:
+    """Per-sample error ``[B]`` of one trained forward (``objective.ErrorFn``), through the prepared UNet."""
+    added: dict[str, Any] = {"image_embeds": [batch.vp]}
     if m.is_xl:
-        added |= {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+        added |= {"text_embeds": batch.cond["text_embeds"], "time_ids": batch.cond["time_ids"]}
     unet = m.forward if m.forward is not None else m.unet
-    pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
-    return per_sample_mse(pred.float(), target.float())  # [B]
-
-
-def _repeat(cond: dict[str, Any], times: int) -> dict[str, Any]:
-    return {k: torch.cat([v] * times) for k, v in cond.items()}
+    pred = unet(
+        batch.noisy,
+        batch.t,
+        encoder_hidden_states=batch.cond["encoder_hidden_states"],
+        added_cond_kwargs=added,
+    ).sample
+    return per_sample_mse(pred.float(), batch.target.float())  # [B]
 
 
 def _noise(
@@ -366,8 +348,13 @@ def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank:
 
 
 def _step_loss(run: _Run, step: int, seed: int, *, training: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-    """The combined loss of one step; every random draw comes from ``(seed, step)``."""
+    """The objective (``objective.step_loss``) on one step's batches; every draw comes from ``(seed, step)``.
+
+    The draws come in a fixed order (data rows, VAE sample, noise, timesteps, then the SFT run's visual-prompt
+    dropout, then the pair batch's), which is what makes a resumed run's losses equal the uninterrupted one's.
+    """
     cfg, m = run.cfg, run.m
+    objective = train_objective(cfg)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     rows = _batch_rows(step, cfg.batch_size * run.world, len(run.sft_data), seed)[run.rank :: run.world]
     batch = collate_sft([run.sft_data[i] for i in rows])
@@ -378,33 +365,22 @@ def _step_loss(run: _Run, step: int, seed: int, *, training: bool = True) -> tup
     latents = _latents(m, batch["pixel_values"], gen)
     noisy, t, target = _noise(m, latents, cfg, gen)
     pos = _tokens(m, batch["emotions"], run.pos_idx[idx]).to(run.device)
-    terms: dict[str, Any] = {}
-    if not isinstance(cfg, DPOTrainConfig):
+    if not isinstance(cfg, DPOTrainConfig):  # visual-prompt dropout is SFT's (the DPO terms compare VPs)
         drop = cfg.vp_dropout if training else 0.0
         keep = (torch.rand(len(rows), generator=gen) >= drop).to(pos)[:, None, None, None]
-        err = _unet_err(m, noisy, t, cond, pos * keep, target)
-        terms["sft"] = (err.mean(), {"mse": err.mean().detach()})  # err is already the per-sample MSE
-        return combined_loss(terms, {"sft": 1.0})
-    weights = {"sft": cfg.w_sft, "dpo": cfg.w_dpo, "neg_vp": cfg.w_neg_vp}
-    if cfg.w_neg_vp > 0 or cfg.w_sft > 0:
-        neg = _tokens(m, run.neg_emotion[idx], run.neg_idx[idx]).to(run.device)
-        both = torch.cat([pos, neg])  # [2B, 1, k, d_v]: ONE forward for both conditions
-        cond2, noisy2, t2, target2 = (
-            _repeat(cond, 2),
-            torch.cat([noisy] * 2),
-            torch.cat([t] * 2),
-            torch.cat([target] * 2),
-        )
-        err_pos, err_neg = _unet_err(m, noisy2, t2, cond2, both, target2).chunk(2)
-        if cfg.w_sft > 0:
-            terms["sft"] = (err_pos.mean(), {"mse": err_pos.mean().detach()})
-        if cfg.w_neg_vp > 0:
-            with reference_mode(m.unet, cfg.lora_rank > 0):
-                ref_pos, ref_neg = _unet_err(m, noisy2, t2, cond2, both, target2).chunk(2)
-            terms["neg_vp"] = negative_vp_dpo_loss(err_pos, err_neg, ref_pos, ref_neg, cfg.beta)
-    if cfg.w_dpo > 0 and run.pairs is not None and run.pair_pos is not None:
-        terms["dpo"] = _dpo_term(run, step, seed, gen)
-    return combined_loss(terms, {k: w for k, w in weights.items() if w > 0 and k in terms})
+        pos = pos * keep
+    negative = None
+    if objective.w_neg_vp > 0:
+        negative = _tokens(m, run.neg_emotion[idx], run.neg_idx[idx]).to(run.device)
+    pairs = _pair_batch(run, step, seed, gen) if objective.w_dpo > 0 else None
+    return step_loss(
+        objective,
+        lambda b: _unet_err(m, b),  # looked up per call, so a test may replace it
+        m.unet,
+        images=NoisedBatch(noisy, t, target, cond, pos),
+        negative_vp=negative,
+        pairs=pairs,
+    )
 
 
 def train(
@@ -416,6 +392,10 @@ def train(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train the emotion adapter (SFT for ``SFTTrainConfig``, DPO terms for ``DPOTrainConfig``).
+
+    One CPU or GPU as is; several GPUs or nodes through ``accelerate launch`` with no code change (batches are
+    sharded by process rank; rank 0 logs and checkpoints). A resumed run's losses equal the uninterrupted
+    run's: every draw of a step is seeded by ``(seed, step)`` and checkpoints hold the optimiser's state.
 
     Args:
         cfg: the run's configuration (saved next to every checkpoint).
@@ -451,7 +431,9 @@ def train(
             f"output_dir {out} already has checkpoints ({last.name}); resume, or choose a new output_dir"
         )
     if last is not None:
-        start_step = _resume(out, cfg, m, optimizer, lr_sched, accelerator.is_main_process)
+        start_step = resume_latest(
+            out, cfg, m.unet, m.bank_param, optimizer, lr_sched, accelerator.is_main_process
+        )
     metrics_file = out / "metrics.jsonl"
     manifest = None
     if accelerator.is_main_process:
@@ -537,8 +519,8 @@ def _steps(
                 progress(step, cfg.max_steps, row)
             periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
             if periodic or step == cfg.max_steps:
-                state.last_ckpt = _save_checkpoint(out, step, cfg, m, optimizer, lr_sched)
-                _rotate(out, cfg.keep_last)
+                state.last_ckpt = save_checkpoint(out, step, cfg, m.unet, m.bank_param, optimizer, lr_sched)
+                rotate(out, cfg.keep_last)
 
 
 def evaluate(
@@ -551,7 +533,7 @@ def evaluate(
     """
     run = _setup(cfg, cache_dir, "cpu")
     if checkpoint is not None:
-        _load_weights(checkpoint, run.m)
+        load_weights(checkpoint, run.m.unet, run.m.bank_param)
     sums: dict[str, float] = {}
     with torch.no_grad():
         for b in range(batches):
@@ -561,11 +543,11 @@ def evaluate(
     return sums
 
 
-def _dpo_term(run: _Run, step: int, seed: int, gen: torch.Generator) -> Any:
-    """Image-pair Diffusion-DPO on one batch: winners and losers in ONE forward, sharing noise and t."""
+def _pair_batch(run: _Run, step: int, seed: int, gen: torch.Generator) -> NoisedBatch:
+    """The step's image pairs as ``2B`` rows, winners first, sharing noise and timestep."""
     cfg, m = run.cfg, run.m
-    if not isinstance(cfg, DPOTrainConfig) or run.pairs is None or run.pair_pos is None:
-        raise ValueError("_dpo_term needs a DPO config with preference pairs")
+    if run.pairs is None or run.pair_pos is None:
+        raise ValueError("the image-pair DPO term needs preference pairs")
     rows = _batch_rows(step, cfg.batch_size * run.world, len(run.pairs), seed + 1)[run.rank :: run.world]
     batch = collate_pairs([run.pairs[i] for i in rows])
     b = batch["num_pairs"]
@@ -581,10 +563,7 @@ def _dpo_term(run: _Run, step: int, seed: int, gen: torch.Generator) -> Any:
     v_pred = m.scheduler.config.prediction_type == "v_prediction"
     target = m.scheduler.get_velocity(latents, noise2, t2) if v_pred else noise2
     tokens = _tokens(m, batch["emotions"], torch.cat([run.pair_pos[torch.tensor(rows)]] * 2)).to(run.device)
-    err_w, err_l = _unet_err(m, noisy, t2, cond, tokens, target).chunk(2)
-    with reference_mode(m.unet, cfg.lora_rank > 0):
-        ref_w, ref_l = _unet_err(m, noisy, t2, cond, tokens, target).chunk(2)
-    return diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta)
+    return NoisedBatch(noisy, t2, target, cond, tokens)
 
 
 def _batch_rows(step: int, size: int, n: int, seed: int) -> list[int]:
@@ -631,124 +610,6 @@ def pairs_from_samples(samples: Sequence[EmotionSample], seed: int) -> list[Pref
             "no preference pair can be built from the data (no shared content across polarities)"
         )
     return pairs
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-# What reading a torn or corrupt checkpoint raises (safetensors, torch.load with weights_only, json).
-_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
-
-
-def _resume(out: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any, main: bool) -> int:
-    """Load the newest readable checkpoint that ``cfg`` can resume exactly; return its step.
-
-    A config that differs where it matters is refused (``check_resumable``); an unreadable checkpoint (torn
-    files, or a ``state.json`` whose step is not its directory's) is set aside and the one before it tried,
-    so one torn write does not make a run unresumable.
-    """
-    unreadable: list[Path] = []
-    for ckpt in reversed(checkpoints(out)):
-        try:
-            check_resumable(ckpt, cfg)
-            step = _load_checkpoint(ckpt, cfg, m, optimizer, lr_sched)
-        except ResumeMismatchError:
-            raise  # the user's choice to undo, never skipped over
-        except (*_UNREADABLE, ConfigError) as exc:  # torn or corrupt files, its config included
-            log.warning("checkpoint %s is unreadable (%s); trying the one before", ckpt.name, exc)
-            unreadable.append(ckpt)
-            continue
-        if main:
-            # Set aside only once one was chosen: every rank reads the same list first (a later save of
-            # the same step would otherwise collide with the torn directory).
-            for bad in unreadable:
-                set_aside(bad)
-            torn = truncate_metrics(out / "metrics.jsonl", step)  # rows past the checkpoint are redone
-            if torn:
-                log.warning("dropped %d torn line(s) of metrics.jsonl", torn)
-        log.info("resumed from %s at step %d", ckpt, step)
-        return step
-    raise ConfigError(f"no checkpoint in {out} could be read; move them away to start over")
-
-
-def _save_checkpoint(
-    out: Path, step: int, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any
-) -> Path:
-    final = out / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=out))
-    try:
-        _write_checkpoint(tmp, step, cfg, m, optimizer, lr_sched)
-        os.rename(tmp, final)  # a checkpoint directory exists only when it is complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _write_checkpoint(
-    tmp: Path, step: int, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any
-) -> None:
-    from safetensors.torch import save_file
-
-    projector = get_emotion_projector(m.unet)
-    k = cfg.num_tokens
-    save_adapter(tmp / "adapter.safetensors", m.unet, projector.config, k, {"step": step})
-    tensors: dict[str, Tensor] = {}
-    if m.bank_param is not None:
-        tensors["bank.visual_centres"] = m.bank_param.detach().cpu().contiguous()
-    if cfg.lora_rank > 0:
-        tensors |= {
-            f"lora.{n}": p.detach().cpu().contiguous() for n, p in m.unet.named_parameters() if "lora_" in n
-        }
-    if tensors:
-        save_file(tensors, str(tmp / "extra.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # read back with weights_only=True
-    save_config(cfg, tmp / "config.toml")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_sched.state_dict()}))
-
-
-def _load_weights(path: Path, m: _Models) -> None:
-    """Adapter, trained bank and LoRA weights of a checkpoint, copied in place (optimizer refs stay valid)."""
-    from safetensors.torch import load_file
-
-    with torch.no_grad():
-        for p, v in _adapter_state(path / "adapter.safetensors", m.unet):
-            p.copy_(v)
-        extra = path / "extra.safetensors"
-        if extra.is_file():
-            tensors = load_file(str(extra))
-            if m.bank_param is not None and "bank.visual_centres" in tensors:
-                m.bank_param.copy_(tensors["bank.visual_centres"])
-            named = dict(m.unet.named_parameters())
-            for key, value in tensors.items():
-                if key.startswith("lora."):
-                    named[key.removeprefix("lora.")].copy_(value)
-
-
-def _load_checkpoint(path: Path, cfg: TrainConfig, m: _Models, optimizer: Any, lr_sched: Any) -> int:
-    info = read_state(path)  # first: a state that disagrees with its directory must load nothing
-    _load_weights(path, m)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    lr_sched.load_state_dict(info["lr_scheduler"])
-    step: int = info["step"]
-    return step
-
-
-def _adapter_state(path: Path, unet: Any) -> list[tuple[Tensor, Tensor]]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    out: list[tuple[Tensor, Tensor]] = []
-    for name, p in get_emotion_projector(unet).named_parameters():
-        out.append((p, tensors[PROJECTOR_PREFIX + name]))
-    for name, proc in emotion_attn_processors(unet).items():
-        k_ip, v_ip = ip_linears(proc)
-        out.append((k_ip.weight, tensors[f"{ATTN_PREFIX}{name}.to_k_ip.weight"]))
-        out.append((v_ip.weight, tensors[f"{ATTN_PREFIX}{name}.to_v_ip.weight"]))
-    return out
-
-
-def _rotate(out: Path, keep_last: int) -> None:
-    found = checkpoints(out)
-    for old in found[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

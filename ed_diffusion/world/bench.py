@@ -29,7 +29,7 @@ from ed_common.git_state import git_dirty, git_sha
 from ed_common.text import short_repr
 from ed_diffusion.world.dataset import WorldPaths, make_world
 from ed_diffusion.world.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
-from ed_diffusion.world.metrics import aggregate, score_images
+from ed_diffusion.world.metrics import aggregate, metrics_by_split
 from ed_diffusion.world.systems import train_systems
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
     out = Path(out)
     started = time.perf_counter()
     world, vae_dir = prepare_bench(out, cfg, progress=progress)
-    todo = [s for s in cfg.seeds if not (out / f"seed{s}" / "result.json").is_file()]
+    todo = seeds_to_run(out, cfg)
     if todo:
         _run_seeds(out, world, vae_dir, cfg, todo, progress)
     seeds = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in cfg.seeds]
@@ -227,6 +227,30 @@ def prepare_bench(
     _check_config(out, cfg)
     world = _ensure_world(out / "world", cfg)
     return world, _ensure_vae(out / "vae", world, cfg, progress)
+
+
+def seeds_to_run(out: Path, cfg: BenchConfig) -> list[int]:
+    """The seeds of ``cfg`` that ``out`` holds no finished result of (all of them in a new directory)."""
+    return [s for s in cfg.seeds if not (out / f"seed{s}" / "result.json").is_file()]
+
+
+def steps_to_run(out: Path, cfg: BenchConfig) -> int:
+    """Progress units a run of ``cfg`` into ``out`` has left: the autoencoder unless trained, each seed."""
+    vae = 0 if _vae_trained(out / "vae") else cfg.vae_steps
+    return vae + cfg.steps_per_seed() * len(seeds_to_run(out, cfg))
+
+
+def install_as_world_preset(out: Path, results: dict[str, Any], target: Path) -> bool:
+    """Install the first seed of the finished benchmark in ``out`` as the ``world`` preset at ``target``.
+
+    A current preset already at ``target`` is kept. Returns whether one was installed.
+    """
+    from ed_diffusion.presets.world import install_world_preset, world_preset_ready
+
+    if world_preset_ready(target):
+        return False
+    install_world_preset(out, target, seed=results["seeds"][0]["seed"], replace=True)
+    return True
 
 
 def schedule_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +288,12 @@ def _ensure_world(root: Path, cfg: BenchConfig) -> WorldPaths:
     )
 
 
+def _vae_trained(target: Path) -> bool:
+    return (target / "config.json").is_file()
+
+
 def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: ProgressFn | None) -> Path:
-    if (target / "config.json").is_file():
+    if _vae_trained(target):
         return target
     from ed_diffusion.world.data import load_split
     from ed_diffusion.world.model import WorldModelConfig, save_pretrained_atomic
@@ -375,8 +403,8 @@ def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, An
     vae = AutoencoderKL.from_pretrained(vae_dir)
     recon = decode_latents(vae, encode_latents(vae, test.pixels))
     ref = {
-        "real_test_images": score_images(test.pixels, pairs)["unusual"],
-        "autoencoder_reconstructions": score_images(recon, pairs)["unusual"],
+        "real_test_images": metrics_by_split(test.pixels, pairs)["unusual"],
+        "autoencoder_reconstructions": metrics_by_split(recon, pairs)["unusual"],
     }
     write_json_atomic(path, ref, default=None)
     return ref

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -9,7 +11,7 @@ import numpy as np
 from ed_common.emotions import Emotion
 from ed_diffusion.world.dataset import typical_pairs, unusual_pairs
 from ed_diffusion.world.layout import SYSTEMS
-from ed_diffusion.world.oracle import read_image
+from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, Reading, read_image
 from ed_diffusion.world.spec import WorldSpec
 
 METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
@@ -26,27 +28,71 @@ def eval_pairs(cfg: _Sampled, spec: WorldSpec | None = None) -> list[tuple[str, 
     return rows
 
 
-def score_images(
+@dataclass(frozen=True)
+class TargetScore:
+    """The oracles' reading of one image against the (content, emotion) it was drawn for."""
+
+    reading: Reading
+    content: str
+    emotion: Emotion
+    shortcut: bool  # it shows another content, one typical of the target emotion (the semantic shortcut)
+
+    @property
+    def emotion_ok(self) -> bool:
+        """The colour reading is the target emotion."""
+        return self.reading.emotion == self.emotion
+
+    @property
+    def content_ok(self) -> bool:
+        """The silhouette is the target content."""
+        return self.reading.content == self.content
+
+    @property
+    def target_prob(self) -> float:
+        """The posterior of the target emotion."""
+        return float(self.reading.posterior[self.emotion.label_index])
+
+    def metrics(self) -> dict[str, float]:
+        """This image's value of every metric in ``METRICS`` (accuracies as 0/1)."""
+        return {
+            "emotion_acc": float(self.emotion_ok),
+            "content_acc": float(self.content_ok),
+            "joint_acc": float(self.emotion_ok and self.content_ok),
+            "shortcut_rate": float(self.shortcut),
+            "target_prob": self.target_prob,
+        }
+
+
+def score_targets(
+    images: Iterable[np.ndarray],
+    targets: Sequence[tuple[str, Emotion]],
+    spec: WorldSpec | None = None,
+    attributes: Sequence[str] | None = COLOUR_ATTRIBUTES,
+) -> list[TargetScore]:
+    """Read every image with ``read_image`` and judge it against its ``(content, emotion)`` target.
+
+    Raises:
+        ValueError: ``images`` and ``targets`` differ in length.
+        InvalidInputError: an image the oracle cannot read.
+    """
+    world = spec or WorldSpec()
+    scores = []
+    for img, (content, emotion) in zip(images, targets, strict=True):
+        reading = read_image(img, world, attributes)
+        drawn = reading.content
+        shortcut = drawn is not None and drawn != content and world.is_typical(drawn, emotion)
+        scores.append(TargetScore(reading, content, emotion, shortcut))
+    return scores
+
+
+def metrics_by_split(
     images: np.ndarray, pairs: list[tuple[str, Emotion, str, int]], spec: WorldSpec | None = None
 ) -> dict[str, dict[str, float]]:
-    """Oracle metrics per split: emotion (colour reading), content, joint, shortcut rate, p(target)."""
-    world = spec or WorldSpec()
+    """Mean of every metric in ``METRICS`` per split of ``pairs`` (``eval_pairs`` rows), and its ``n``."""
+    scores = score_targets(images, [(content, emotion) for content, emotion, _, _ in pairs], spec)
     per: dict[str, list[dict[str, float]]] = {}
-    for img, (content, emotion, split, _) in zip(images, pairs, strict=True):
-        reading = read_image(img, world)
-        p, drawn = reading.posterior, reading.content
-        e_ok, c_ok = reading.emotion == emotion, drawn == content
-        per.setdefault(split, []).append(
-            {
-                "emotion_acc": float(e_ok),
-                "content_acc": float(c_ok),
-                "joint_acc": float(e_ok and c_ok),
-                "shortcut_rate": float(
-                    drawn is not None and drawn != content and world.is_typical(drawn, emotion)
-                ),
-                "target_prob": float(p[emotion.label_index]),
-            }
-        )
+    for score, (_, _, split, _) in zip(scores, pairs, strict=True):
+        per.setdefault(split, []).append(score.metrics())
     return {
         split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS} | {"n": len(rows)}
         for split, rows in per.items()

@@ -515,11 +515,20 @@ class Reading:
         return float(self.posterior[self.emotion.label_index])
 
 
-def read_image(image: np.ndarray, spec: WorldSpec | None = None) -> Reading:
-    """The benchmark's one way to read an image: one measurement, the colour reading and the silhouette.
+def read_image(
+    image: np.ndarray,
+    spec: WorldSpec | None = None,
+    attributes: Sequence[str] | None = COLOUR_ATTRIBUTES,
+) -> Reading:
+    """The one way to read a world image: one measurement gives both the emotion and the silhouette.
 
-    ``emodir world check`` and the benchmark's metrics both use it, so they always agree.
+    ``emodir world check``, the benchmark's metrics (``metrics.score_targets``) and the eval's world-oracle
+    scorers all call it, so they always agree. ``attributes`` defaults to the colour reading (the one for
+    generated images, see ``COLOUR_ATTRIBUTES``); ``None`` reads every attribute, as ``emotion_scores`` does.
+
+    Raises:
+        InvalidInputError: not a square RGB uint8 image of a supported size, or unknown ``attributes``.
     """
     m = measure(image, spec)
-    p = emotion_posterior(m, spec, COLOUR_ATTRIBUTES)
+    p = emotion_posterior(m, spec, attributes)
     return Reading(Emotion.from_index(int(np.argmax(p))), p, content_from(m, spec))

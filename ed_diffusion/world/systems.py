@@ -12,7 +12,7 @@ import torch
 from ed_common.emotions import EMOTION_NAMES
 from ed_diffusion.world.dataset import WorldPaths
 from ed_diffusion.world.layout import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR, SYSTEMS
-from ed_diffusion.world.metrics import eval_pairs, score_images
+from ed_diffusion.world.metrics import eval_pairs, metrics_by_split
 
 
 def train_systems(
@@ -168,7 +168,7 @@ def train_systems(
             guidance=cfg.guidance,
         )
         np.savez_compressed(seed_dir / f"samples_{system}.npz", images=images)
-        systems[system] = score_images(images, pairs)
+        systems[system] = metrics_by_split(images, pairs)
         if system != "text_only":
             systems[system]["unusual"] |= vp_preference(unet, test, text, tokens, seed=seed)
         relay(1, f"seed {seed}: sampling")

@@ -1,12 +1,4 @@
-"""Training the world model on a CPU: VAE, text-only base model, visual-prompt SFT, DPO and negative-VP DPO.
-
-The adapter stages use the same parts as ``emodir train``: ``install_emotion_adapter`` (decoupled cross-
-attention), ``EmotionTokenProjector``, the pure losses (``per_sample_mse``, ``diffusion_dpo_loss``,
-``negative_vp_dpo_loss``), one concatenated forward per step and the reference = the same UNet with the
-adapter off (``reference_mode``). What differs is only the data path: the world fits in memory, so latents
-are encoded once and text states cached per caption, which is what makes the benchmark fit a CPU budget.
-Every random draw is seeded by ``(seed, stage, step)``.
-"""
+"""Training the world model on a CPU: VAE, text-only base model, adapter stages (SFT, DPO, negative VP)."""
 
 from __future__ import annotations
 
@@ -20,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ed_common.emotions import Emotion
-from ed_diffusion.models.adapter import emotion_adapter_parameters, reference_mode
-from ed_diffusion.training.losses import diffusion_dpo_loss, negative_vp_dpo_loss, per_sample_mse
+from ed_diffusion.models.adapter import emotion_adapter_parameters
+from ed_diffusion.training.losses import per_sample_mse
+from ed_diffusion.training.objective import ErrorFn, NoisedBatch, ObjectiveOptions, step_loss
 from ed_diffusion.world.model import (
     WorldModelConfig,
     build_text_encoder,
@@ -64,6 +57,7 @@ def _chunks(x: Tensor, size: int = 256) -> list[Tensor]:
 
 
 def _gen(seed: int, stage: str, step: int) -> torch.Generator:
+    """The generator of one step of one stage: every random draw of world training comes from one."""
     return torch.Generator().manual_seed((seed * 1_000_003 + _STAGE_CODE[stage]) * 1_000_033 + step)
 
 
@@ -276,6 +270,22 @@ def load_adapter_state(unet: Any, state: list[Tensor]) -> None:
             p.copy_(v)
 
 
+def stage_objective(stage: AdapterStage, hp: AdapterHyper) -> ObjectiveOptions:
+    """The shared objective (``training.objective``) of one adapter stage.
+
+    The world differs from ``emodir train`` only where its data path does: its pairs are drawn from the data
+    in memory, so the DPO stages' SFT and negative-VP terms use the pair winners
+    (``image_terms="pair_winners"``: one forward for every branch) rather than a batch of their own. The
+    terms, the reference and how its pass is run are the same.
+    """
+    if stage == "sft":
+        return ObjectiveOptions(w_sft=1.0)
+    w_neg_vp = hp.w_neg_vp if stage == "dpo_neg_vp" else 0.0
+    return ObjectiveOptions(
+        w_sft=hp.w_sft, w_dpo=1.0, w_neg_vp=w_neg_vp, beta=hp.beta, image_terms="pair_winners"
+    )
+
+
 def train_adapter(
     stage: AdapterStage,
     unet: Any,
@@ -287,7 +297,7 @@ def train_adapter(
     seed: int,
     on_step: StepFn | None = None,
 ) -> list[dict[str, float]]:
-    """Train the installed adapter for one stage; returns per-step metrics.
+    """Train the installed adapter for one stage; returns per-step metrics (``objective.step_loss``'s).
 
     - ``sft``: denoising loss with the image's own emotion visual prompt (dropped with ``vp_dropout``).
     - ``dpo``: image-pair Diffusion-DPO: winner = an image of emotion e, loser = an image of the same content
@@ -306,6 +316,8 @@ def train_adapter(
     for p in params:
         p.requires_grad_(True)
     opt, sched = _adamw_cosine(params, hp.lr, hp.steps)
+    objective = stage_objective(stage, hp)
+    err = _error_fn(unet)
     by_content = _rows_by_content(data)
     history: list[dict[str, float]] = []
     n = len(data.captions)
@@ -323,55 +335,31 @@ def train_adapter(
         if stage == "sft":
             keep = (torch.rand(hp.batch, generator=gen) >= hp.vp_dropout).float()[:, None, None, None]
             noisy, t, noise = _noised(scheduler, data.latents[rows], gen)
-            err = _err(unet, noisy, t, states, pos * keep, noise)
-            loss, metrics = err.mean(), {"mse": float(err.mean().detach())}
+            images = NoisedBatch(noisy, t, noise, {"encoder_hidden_states": states}, pos * keep)
+            loss, metrics = step_loss(objective, err, unet, images=images)
         else:
-            # Image-pair DPO: winners (emotion e) and losers (same content, another emotion) share noise and
-            # t under e's caption and visual prompt. With the negative VP, the winners also go through a third
-            # branch with another emotion's visual prompt: all in ONE concatenated forward.
+            # Winners (emotion e) and losers (same content, another emotion) share noise and t under e's
+            # caption and visual prompt; the negative VP is a random other emotion's.
             losers = _losers(rows, data, by_content, gen)
             noise = torch.randn(data.latents[rows].shape, generator=gen)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (hp.batch,), generator=gen)
             noisy = scheduler.add_noise(
                 torch.cat([data.latents[rows], data.latents[losers]]), _two(noise), _two(t)
             )
-            branches = 3 if stage == "dpo_neg_vp" else 2
-            vp = [pos, pos]
-            if branches == 3:
+            pairs = NoisedBatch(
+                noisy, _two(t), _two(noise), {"encoder_hidden_states": _two(states)}, _two(pos)
+            )
+            negative = None
+            if objective.w_neg_vp > 0:
                 others = (emotions + torch.randint(1, len(Emotion), (hp.batch,), generator=gen)) % len(
                     Emotion
                 )
-                vp.append(bank_tokens[others][:, None])
-            errs = _err(
-                unet,
-                torch.cat([noisy, noisy[: hp.batch]])[: branches * hp.batch],
-                torch.cat([t] * branches),
-                torch.cat([states] * branches),
-                torch.cat(vp),
-                torch.cat([noise] * branches),
-            ).chunk(branches)
-            err_w, err_l = errs[0], errs[1]
-            with reference_mode(unet, lora=False):
-                ref_w, ref_l = _err(unet, noisy, _two(t), _two(states), _two(pos), _two(noise)).chunk(2)
-            dpo, m = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, hp.beta)
-            loss = dpo + hp.w_sft * err_w.mean()
-            metrics = {
-                "dpo": float(dpo.detach()),
-                "mse": float(err_w.mean().detach()),
-                **{k: float(v) for k, v in m.items()},
-            }
-            if branches == 3:
-                # The reference has no visual prompt, so it scores both VP branches alike (ref_w twice).
-                neg_vp, mn = negative_vp_dpo_loss(err_w, errs[2], ref_w, ref_w, hp.beta)
-                loss = loss + hp.w_neg_vp * neg_vp
-                metrics |= {
-                    "neg_vp": float(neg_vp.detach()),
-                    **{f"neg_vp/{k}": float(v) for k, v in mn.items()},
-                }
+                negative = bank_tokens[others][:, None]
+            loss, metrics = step_loss(objective, err, unet, pairs=pairs, negative_vp=negative)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"world {stage} loss became {float(loss)} at step {step + 1}")
         _apply(loss, opt, sched, clip=params)
-        history.append({"step": step + 1, "loss": float(loss.detach()), **metrics})
+        history.append({"step": step + 1, **{k: float(v) for k, v in metrics.items()}})
         if on_step is not None:
             on_step(1)
     for p in params:
@@ -381,6 +369,11 @@ def train_adapter(
 
 def _two(x: Tensor) -> Tensor:
     return torch.cat([x, x])
+
+
+def _error_fn(unet: Any) -> ErrorFn:
+    """``objective.ErrorFn`` of the world's UNet (text states only: no SDXL conditioning)."""
+    return lambda b: _err(unet, b.noisy, b.t, b.cond["encoder_hidden_states"], b.vp, b.target)
 
 
 def _err(unet: Any, noisy: Tensor, t: Tensor, states: Tensor, tokens: Tensor, target: Tensor) -> Tensor:

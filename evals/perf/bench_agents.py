@@ -67,8 +67,8 @@ from langgraph.types import Send
 from ed_agents.anchors import TokenCounter
 from ed_agents.context import Context, build_context
 from ed_agents.llm import make_chat_model
-from ed_agents.llm_server import is_reachable
 from ed_agents.prompts import PromptLibrary
+from ed_agents.server_process import is_reachable
 from ed_agents.state import TraceEntry
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.safe_yaml import load_yaml

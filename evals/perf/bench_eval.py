@@ -164,7 +164,7 @@ Runs = dict[int, list[LevelResult]]
 def measure(args: argparse.Namespace, url: str | None) -> tuple[Settings, Suite, Runs]:
     """Check the server, warm up, then run every level ``--repeats`` times; the raw results per level."""
     from ed_agents.clip_tokens import default_counter
-    from ed_agents.serving import ensure_llm
+    from ed_agents.llm_endpoint import ensure_llm
     from evals.systems import validate_suite
 
     suite = bench_suite(args.seeds, args.n_personas)

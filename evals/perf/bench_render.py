@@ -34,7 +34,8 @@ NEGATIVE = "blurry"
 
 
 def _mc_render(cache: Path, size: int) -> Callable[[Path, int], None]:
-    from ed_diffusion.pipeline import RenderRequest, get_renderer
+    from ed_common.render_contract import RenderRequest
+    from ed_diffusion.pipeline import get_renderer
     from ed_diffusion.presets import resolve_preset
 
     renderer = get_renderer(resolve_preset("tiny", cache))  # loads lazily, on the first render

@@ -6,29 +6,34 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from ed_common.emotions import Emotion
+from ed_common.render_contract import RenderRequest, RenderResult, VisualPromptChoice
 from ed_diffusion.images import contact_sheet, save_png_atomic
-from ed_diffusion.pipeline import RenderRequest, RenderResult, VisualPromptChoice
 
 
 @dataclass
 class FakeRenderer:
-    """Implements graphs.tool_node.Renderer."""
+    """Implements ed_common.render_contract.Renderer."""
 
     requests: list[RenderRequest] = field(default_factory=list)
-    retrievals: list[tuple[str, str]] = field(default_factory=list)
+    retrievals: list[tuple[str, Emotion]] = field(default_factory=list)
 
     def retrieve(
-        self, prompt: str, emotion: str, *, top_k: int = 4, negative_vp: str = "none"
+        self, prompt: str, emotion: Emotion, *, top_k: int = 4, negative_vp: str = "none"
     ) -> VisualPromptChoice:
         self.retrievals.append((prompt, emotion))
-        neg = "sadness" if negative_vp != "none" else None
+        neg = Emotion.SADNESS if negative_vp != "none" else None
         return VisualPromptChoice(
-            emotion, list(range(top_k)), [1.0] * top_k, neg, list(range(top_k)) if neg else []
+            emotion=emotion,
+            indices=list(range(top_k)),
+            scores=[1.0] * top_k,
+            negative_emotion=neg,
+            negative_indices=list(range(top_k)) if neg else [],
         )
 
     def render(self, request: RenderRequest) -> RenderResult:
         self.requests.append(request)
-        seeds = [request.seed + i for i in range(request.n_images)]
+        seeds = request.seeds
         images = [Image.new("RGB", (1, 1), (seed % 256, 0, 0)) for seed in seeds]
         paths = [
             save_png_atomic(im, request.out_dir / f"image_{i:02d}_seed{s}.png")
@@ -41,7 +46,13 @@ class FakeRenderer:
         )
         assert request.visual_prompt is not None
         return RenderResult(
-            paths, sheet, seeds, request.visual_prompt, {"preset": "fake"}, {"steps": 1}, {"render_s": 0.0}
+            images=paths,
+            contact_sheet=sheet,
+            seeds=seeds,
+            visual_prompt=request.visual_prompt,
+            model={"preset": "fake"},
+            settings={"steps": 1},
+            timings={"render_s": 0.0},
         )
 
     __call__ = render

@@ -18,7 +18,8 @@ def test_tiny_preset_renders_on_cuda(tmp_path: Path, dtype: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from ed_diffusion.pipeline import MCDiffusion, RenderRequest
+    from ed_common.render_contract import RenderRequest
+    from ed_diffusion.pipeline import MCDiffusion
     from ed_diffusion.presets import resolve_preset
 
     spec = resolve_preset("tiny", tmp_path / "cache")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ed_agents.context import Context, build_context
-from ed_agents.llm_server import is_reachable
 from ed_agents.prompts import PromptLibrary
+from ed_agents.server_process import is_reachable
 from ed_common.settings import load_settings
 
 # Read before the autouse fixture clears EMODIR_* (these tests target the server `make test` started).

@@ -42,7 +42,7 @@ def test_a_state_json_with_another_step_is_set_aside_and_the_resume_stays_exact(
     train(cfg, cache_dir=cache, stop_after=2)  # checkpoints 1 and 2
     state = out / "checkpoint-2" / "state.json"
     state.write_text(state.read_text().replace('"step": 2', '"step": 3'))  # a hand edit: would skip a step
-    with caplog.at_level(logging.WARNING, logger="ed_diffusion.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="ed_diffusion.training.checkpoints"):
         resumed = train(cfg, cache_dir=cache)
     assert resumed.step == 4
     assert any("checkpoint-2" in r.getMessage() and "says step 3" in r.getMessage() for r in caplog.records)

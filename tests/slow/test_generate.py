@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from cli import app, main
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
+from ed_common.render_contract import RenderRequest
 from ed_diffusion.bank import VisualPromptBank
-from ed_diffusion.pipeline import MCDiffusion, RenderRequest, get_renderer
+from ed_diffusion.pipeline import MCDiffusion, get_renderer
 from ed_diffusion.presets import resolve_preset
 
 pytestmark = pytest.mark.slow

@@ -211,10 +211,11 @@ def test_dpo_stages_send_their_branches_in_one_forward_and_the_reference_without
         assert torch.equal(x[2], x[0])  # the winner again ...
         other = [int((bank == v).flatten(1).all(1).nonzero()) for v in vp[2]]
         assert all(o != w for o, w in zip(other, own, strict=True))  # ... under another emotion's VP
-    # The reference: the winner and loser branches only, adapters off (scale 0), no grad.
+    # The reference (training.objective): the trained forward's rows, every branch, adapters off (scale 0),
+    # no grad; so the negative-VP term's ref⁻ is the winner under the other emotion's VP, as in emodir train.
     assert not ref["grad"] and ref["scales"] == {0.0}
-    assert torch.equal(ref["x"], torch.cat([x[0], x[1]]))  # type: ignore[arg-type]
-    assert torch.equal(ref["vp"], torch.cat([vp[0], vp[1]]))  # type: ignore[arg-type]
+    for key in ("x", "t", "states", "vp"):
+        assert torch.equal(ref[key], trained[key])  # type: ignore[arg-type]
     assert scales() == trained["scales"]  # restored after the reference
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from ed_common.errors import InvalidInputError
 from ed_common.image_files import ImageReadError, read_rgb
 from ed_common.limits import MAX_SEED
+from ed_common.render_contract import RenderOptions
 from ed_common.safe_yaml import MAX_ALIASES, load_yaml
-from graphs.state import RenderOptions
 from tests.cli_helpers import one_line
 
 SMOKE = "evals/suites/smoke.yaml"

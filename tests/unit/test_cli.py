@@ -147,7 +147,7 @@ def test_cli_debug_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_autostarts_embedded_server_with_progress(
     monkeypatch: pytest.MonkeyPatch, fake_server: FakeOpenAIServer
 ) -> None:
-    import ed_agents.llm_server as llm_server
+    import ed_agents.server_process as server_process
 
     calls: list[Any] = []
 
@@ -156,8 +156,8 @@ def test_cli_autostarts_embedded_server_with_progress(
         return type("S", (), {"base_url": fake_server.base_url})()
 
     served = iter([None])
-    monkeypatch.setattr(llm_server, "served_models", lambda url, timeout=2.0: next(served, ["smollm2"]))
-    monkeypatch.setattr(llm_server, "serve", fake_serve)
+    monkeypatch.setattr(server_process, "served_models", lambda url, timeout=2.0: next(served, ["smollm2"]))
+    monkeypatch.setattr(server_process, "serve", fake_serve)
     monkeypatch.setenv("EMODIR_LLM_PORT", str(fake_server.port))
     result = runner.invoke(app, ["rewrite", "a dog", "-e", "fear", "--json"])
     assert result.exit_code == 0, result.output

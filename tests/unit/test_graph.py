@@ -111,7 +111,8 @@ def test_graph_runs_personas_concurrently(make_context: Any) -> None:
     chat = SchemaFakeChatModel(script={"PersonaReply": reply})
     out = _run(make_context(chat, llm_max_retries=0), user_prompt="a cat on a roof")
     assert sorted(r.persona_id for r in out["persona_reactions"]) == PERSONAS
-    assert chat.max_in_flight == len(PERSONAS)
+    # At least the 4 personas at once; the chain and anchor calls of the same super-step may overlap too.
+    assert chat.max_in_flight >= len(PERSONAS)
 
 
 def test_graph_drops_a_timed_out_persona(make_context: Any) -> None:

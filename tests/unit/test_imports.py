@@ -47,9 +47,16 @@ def test_ed_diffusion_and_common_never_import_the_agent_side() -> None:
             assert not bad, f"{path} imports {bad}"
 
 
+def test_ed_common_never_imports_torch_or_the_image_side() -> None:
+    # The render contract lives here so the agent side can type its renderer without torch.
+    for path in sorted((REPO_ROOT / "ed_common").rglob("*.py")):
+        bad = _imports(path) & {"torch", "diffusers", "transformers", "ed_diffusion", "numpy"}
+        assert not bad, f"{path} imports {bad}"
+
+
 def test_agent_side_loads_without_torch_at_runtime() -> None:
     code = (
-        "import sys, cli, ed_agents.serving, graphs.emotion_director, graphs.session, graphs.runner;"
+        "import sys, cli, ed_agents.llm_endpoint, graphs.emotion_director, graphs.session, graphs.runner;"
         "import graphs.tool_node, graphs.state, graphs.renderer;"
         # The image side's command groups (typer + ed_common only) are registered by `cli`; nothing else
         # of ed_diffusion, and nothing that imports torch, may load until a command needs it.

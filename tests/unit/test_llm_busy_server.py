@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ed_agents.llm_server import served_models
+from ed_agents.server_process import served_models
 
 
 class _Slow(BaseHTTPRequestHandler):

@@ -26,7 +26,7 @@ from ed_agents.nodes.consensus import (
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
-from ed_agents.nodes.understand import extract_anchors, understand_request
+from ed_agents.nodes.understand import accept_request, extract_anchors, understand_request
 from ed_agents.provenance import candidates, content
 from ed_agents.routing import route_after_verify, route_start
 from ed_agents.state import VISUAL_CHANNELS, ConceptChain, PersonaReaction, VisualConcepts
@@ -48,17 +48,24 @@ def _reaction(pid: str, run: int = 0) -> PersonaReaction:
     )
 
 
+def test_accept_request_normalises_the_emotion_once_for_every_node_after_it(make_context: Any) -> None:
+    ctx = make_context(SchemaFakeChatModel())
+    out = accept_request({"user_prompt": "an angry dog", "target_emotion": " Fear "}, _rt(ctx))
+    assert out == {"target_emotion": Emotion.FEAR}
+    assert out["target_emotion"] is Emotion.FEAR
+
+
 def test_understand_takes_content_words_and_samples_personas(make_context: Any) -> None:
     ctx = make_context(SchemaFakeChatModel(), n_personas=3, seed=5)
     out = understand_request(
-        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "Fear"}, _rt(ctx)
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": Emotion.FEAR}, _rt(ctx)
     )
     assert out["target_emotion"] is Emotion.FEAR
     assert out["anchors"] == ["angry", "dog", "snowy", "forest"]
     assert len(out["persona_ids"]) == 3 and out["run_index"] == 0
     assert ctx.llm.chat_model.calls == []  # deterministic: the fan-out starts at once
     again = understand_request(
-        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "fear"}, _rt(ctx)
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": Emotion.FEAR}, _rt(ctx)
     )
     assert again["persona_ids"] == out["persona_ids"]  # same seed, same personas
 
@@ -72,7 +79,7 @@ def test_extract_anchors_keeps_llm_phrases_that_occur_in_the_prompt(make_context
         }
     )
     out = extract_anchors(
-        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": "fear", "run_index": 0},
+        {"user_prompt": "an angry dog in a snowy forest", "target_emotion": Emotion.FEAR, "run_index": 0},
         _rt(make_context(chat)),
     )
     assert out["anchors"] == ["dog", "snowy forest", "angry"]  # "unicorn" is not in the prompt
@@ -81,7 +88,9 @@ def test_extract_anchors_keeps_llm_phrases_that_occur_in_the_prompt(make_context
 
 def test_extract_anchors_falls_back_to_content_words(make_context: Any) -> None:
     ctx = make_context(SchemaFakeChatModel(script={"ContentAnchors": "no idea"}))
-    out = extract_anchors({"user_prompt": "a red fox", "target_emotion": "awe", "run_index": 0}, _rt(ctx))
+    out = extract_anchors(
+        {"user_prompt": "a red fox", "target_emotion": Emotion.AWE, "run_index": 0}, _rt(ctx)
+    )
     assert "anchors" not in out  # the content words understand_request set stand
     assert out["warnings"] and "anchor extraction failed" in out["warnings"][0]
     assert out["trace"][-1].outcome == "fallback"
@@ -96,15 +105,16 @@ def test_extract_anchors_falls_back_to_content_words(make_context: Any) -> None:
         ("a dog", "joy", "unknown emotion 'joy'"),
     ],
 )
-def test_understand_rejects_bad_input(make_context: Any, prompt: str, emotion: str, match: str) -> None:
+def test_accept_request_rejects_bad_input(make_context: Any, prompt: str, emotion: str, match: str) -> None:
     with pytest.raises(InvalidInputError, match=match):
-        understand_request({"user_prompt": prompt, "target_emotion": emotion}, _rt(make_context()))
+        accept_request({"user_prompt": prompt, "target_emotion": emotion}, _rt(make_context()))
 
 
 def test_understand_rejects_unknown_persona(make_context: Any) -> None:
     with pytest.raises(InvalidInputError, match="unknown persona 'pirate'; available: child"):
         understand_request(
-            {"user_prompt": "a dog", "target_emotion": "fear", "personas": ["pirate"]}, _rt(make_context())
+            {"user_prompt": "a dog", "target_emotion": Emotion.FEAR, "personas": ["pirate"]},
+            _rt(make_context()),
         )
 
 
@@ -185,7 +195,7 @@ def test_expand_concepts_filters_undepictable_words(make_context: Any) -> None:
         color_palette=["ash grey", "sadness"], lighting=["dim light"], environment=["rain sound"]
     )
     ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": reply}))
-    state = {"user_prompt": "a dog", "target_emotion": "sadness", "run_index": 0}
+    state = {"user_prompt": "a dog", "target_emotion": Emotion.SADNESS, "run_index": 0}
     out = expand_concepts(state, _rt(ctx))
     chain = out["concepts"]
     assert chain.abstract == ["loss", "absence"]
@@ -199,7 +209,7 @@ def test_expand_concepts_drops_items_that_only_name_channels(make_context: Any) 
         color_palette=["lighting", "ash grey"], composition=["expression_pose, materials_texture"]
     )
     ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": reply}))
-    state = {"user_prompt": "a dog", "target_emotion": "sadness", "run_index": 0}
+    state = {"user_prompt": "a dog", "target_emotion": Emotion.SADNESS, "run_index": 0}
     chain = expand_concepts(state, _rt(ctx))["concepts"]
     assert chain.visual.color_palette == ["ash grey"] and chain.visual.composition == []
     assert chain.dropped == ["lighting", "expression_pose, materials_texture"]
@@ -207,7 +217,7 @@ def test_expand_concepts_drops_items_that_only_name_channels(make_context: Any) 
 
 def test_expand_concepts_falls_back_to_lexicon(make_context: Any) -> None:
     ctx = make_context(SchemaFakeChatModel(script={"ConceptReply": "nonsense"}))
-    state = {"user_prompt": "a dog", "target_emotion": "fear", "run_index": 0}
+    state = {"user_prompt": "a dog", "target_emotion": Emotion.FEAR, "run_index": 0}
     out = expand_concepts(state, _rt(ctx))
     assert out["concepts"].visual == VISUAL[Emotion.FEAR]
     assert out["concepts"].source == "lexicon"
@@ -240,7 +250,7 @@ def _consensus(**slots: str) -> str:
 def _consensus_state(prompt: str) -> dict[str, Any]:
     return {
         "user_prompt": prompt,
-        "target_emotion": "anger",
+        "target_emotion": Emotion.ANGER,
         "run_index": 0,
         "persona_reactions": [_reaction("child")],
         "concepts": _chain(),
@@ -250,7 +260,7 @@ def _consensus_state(prompt: str) -> dict[str, Any]:
 def test_consensus_with_no_reaction_and_no_chain_is_an_error(make_context: Any) -> None:
     state = {
         "user_prompt": "a dog",
-        "target_emotion": "fear",
+        "target_emotion": Emotion.FEAR,
         "run_index": 1,
         "persona_reactions": [_reaction("child", run=0)],
         "persona_ids": ["child", "zen_gardener"],
@@ -261,7 +271,7 @@ def test_consensus_with_no_reaction_and_no_chain_is_an_error(make_context: Any) 
 
 def test_consensus_without_personas_uses_the_chain_and_says_so(make_context: Any) -> None:
     ctx = make_context(SchemaFakeChatModel(script={"ConsensusReply": "nonsense"}))
-    state = {"user_prompt": "a dog", "target_emotion": "anger", "run_index": 0, "concepts": _chain()}
+    state = {"user_prompt": "a dog", "target_emotion": Emotion.ANGER, "run_index": 0, "concepts": _chain()}
     out = write_consensus(state, _rt(ctx))
     # The chain's three phrases, then one built-in phrase of another channel for the floor of four.
     assert out["draft_prompt"].startswith("a dog, blood red, harsh side light, storm clouds, ")
@@ -312,7 +322,7 @@ def test_the_floor_holds_with_the_lexicon_when_no_input_covers_enough_channels(m
     )
     state = {
         "user_prompt": "a clown",
-        "target_emotion": "anger",
+        "target_emotion": Emotion.ANGER,
         "run_index": 0,
         "persona_reactions": [reaction],
     }
@@ -413,7 +423,7 @@ def test_a_server_enforcing_the_options_gives_a_consensus_used_as_written(
 def test_finalize_traces_phrases_to_personas_and_concepts(make_context: Any) -> None:
     state: dict[str, Any] = {
         "user_prompt": "an angry dog",
-        "target_emotion": "anger",
+        "target_emotion": Emotion.ANGER,
         "run_index": 0,
         "anchors": ["angry", "dog"],
         "persona_reactions": [_reaction("child")],
@@ -439,7 +449,7 @@ def test_anchor_repair_then_deterministic_fix(make_context: Any) -> None:
     )
     state: dict[str, Any] = {
         "user_prompt": "an angry dog",
-        "target_emotion": "anger",
+        "target_emotion": Emotion.ANGER,
         "run_index": 0,
         "anchors": ["angry dog"],
         "draft_prompt": "a furious hound",
@@ -461,21 +471,23 @@ def test_anchor_repair_then_deterministic_fix(make_context: Any) -> None:
 def test_route_start_revises_only_same_request_with_new_feedback() -> None:
     base = {
         "user_prompt": "a dog",
-        "target_emotion": "fear",
+        "target_emotion": Emotion.FEAR,
         "final_prompt": "p",
         "request_key": "fear|a dog",
         "feedback_applied": 1,
     }
     assert route_start({**base, "feedback": ["darker"]}) == "understand_request"
     assert route_start({**base, "feedback": ["darker", "more fog"]}) == "revise_prompt"
-    assert route_start({**base, "target_emotion": "awe", "feedback": ["a", "b"]}) == "understand_request"
+    assert (
+        route_start({**base, "target_emotion": Emotion.AWE, "feedback": ["a", "b"]}) == "understand_request"
+    )
 
 
 def test_revise_uses_previous_prompt_and_feedback(make_context: Any) -> None:
     chat = SchemaFakeChatModel(script={"RevisedPrompt": '{"final_prompt": "a dog in thick night fog"}'})
     state = {
         "user_prompt": "a dog",
-        "target_emotion": "fear",
+        "target_emotion": Emotion.FEAR,
         "run_index": 0,
         "final_prompt": "a dog at dusk",
         "feedback": ["darker", "add fog"],
@@ -496,7 +508,7 @@ def test_revise_ignores_feedback_given_on_an_earlier_prompt(make_context: Any) -
     chat = SchemaFakeChatModel(script={"RevisedPrompt": '{"final_prompt": "a fox at night"}'})
     state = {
         "user_prompt": "a fox",
-        "target_emotion": "fear",
+        "target_emotion": Emotion.FEAR,
         "run_index": 3,
         "final_prompt": "a fox",
         "feedback": ["old: make the dog bigger", "darker"],

@@ -10,9 +10,9 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
+from ed_common.render_contract import RenderOptions
 from ed_diffusion.images import OutputExistsError, save_png_atomic
 from graphs.emotion_director import build_graph
-from graphs.state import RenderOptions
 from tests.fakes.fake_chat import SchemaFakeChatModel
 from tests.fakes.fake_renderer import FakeRenderer
 

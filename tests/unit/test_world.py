@@ -29,7 +29,7 @@ from ed_diffusion.world import (
     unusual_pairs,
 )
 from ed_diffusion.world import spec as spec_mod
-from ed_diffusion.world.oracle import largest_component
+from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, largest_component, read_image
 from ed_diffusion.world.spec import EmotionStyle, Gaussian
 
 
@@ -199,6 +199,33 @@ def test_oracle_rejects_bad_images(image: np.ndarray, needle: str) -> None:
     with pytest.raises(InvalidInputError) as info:
         content_of(image)
     assert needle in str(info.value)
+
+
+def test_read_image_is_emotion_scores_and_content_of_in_one_measurement() -> None:
+    for _, _, img in _grid(seed=5)[::5]:
+        for attributes in (COLOUR_ATTRIBUTES, None):
+            reading = read_image(img, attributes=attributes)
+            assert np.array_equal(reading.posterior, emotion_scores(img, attributes=attributes))
+            assert reading.emotion.label_index == int(np.argmax(reading.posterior))
+            assert reading.content == content_of(img)
+    assert np.array_equal(read_image(img).posterior, read_image(img, attributes=COLOUR_ATTRIBUTES).posterior)
+    with pytest.raises(InvalidInputError, match="unknown oracle attributes"):
+        read_image(img, attributes=("hue", "smell"))
+
+
+def test_the_eval_world_oracles_score_what_read_image_reads() -> None:
+    from PIL import Image
+
+    from ed_diffusion.scoring import WorldContentOracle, WorldOracle
+
+    grid = _grid(seed=6)[::4]
+    images = [Image.fromarray(img) for _, _, img in grid]
+    for attributes in (COLOUR_ATTRIBUTES, None):
+        probs = WorldOracle(attributes=attributes).probs(images)
+        want = np.stack([read_image(img, attributes=attributes).posterior for _, _, img in grid])
+        assert np.array_equal(probs, want)
+    matches = WorldContentOracle().matches(images, [c for c, _, _ in grid])
+    assert list(matches) == [read_image(img).content == c for c, _, img in grid]
 
 
 def test_largest_component_keeps_the_biggest_8_connected_blob() -> None:

