@@ -38,7 +38,7 @@ from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.errors import InvalidInputError
 from ed_common.image_files import ImageReadError, read_rgb
-from ed_diffusion.data import EmotionSample, dataset_fingerprint, group_by_emotion
+from ed_diffusion.emotion_datasets import EmotionSample, dataset_fingerprint, group_by_emotion
 from ed_diffusion.encoders import FeatureEncoders
 from ed_diffusion.errors import BankError
 from ed_diffusion.file_kinds import BANK_FORMAT, non_finite, wrong_kind

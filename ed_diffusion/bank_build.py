@@ -9,7 +9,7 @@ from pathlib import Path
 from ed_common.errors import InvalidInputError, OutputExistsError
 from ed_common.paths import check_writable
 from ed_diffusion.bank import ProgressFn, VisualPromptBank, build_bank, check_cluster_sizes
-from ed_diffusion.data import EmotionSample, LoadSummary, load_emotion_dataset
+from ed_diffusion.emotion_datasets import EmotionSample, LoadSummary, load_emotion_dataset
 from ed_diffusion.encoders import (
     IMAGE_ENCODER_KINDS,
     FeatureEncoders,

@@ -41,7 +41,7 @@ def bank_build(
     from rich.progress import Progress
 
     from ed_diffusion.bank_build import prepare_bank_build
-    from ed_diffusion.data import LoadSummary
+    from ed_diffusion.emotion_datasets import LoadSummary
     from ed_diffusion.logs import quiet_third_party
 
     def report_skipped(summary: LoadSummary) -> None:

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 def _seeds_option(value: str | None) -> tuple[int, ...] | None:
     """``--seeds 0,1,2`` as a tuple, refused here (before any directory exists) unless each seed is usable."""
-    from ed_diffusion.world.bench import seeds_problem
+    from ed_diffusion.world_bench.bench import seeds_problem
 
     if value is None:
         return None
@@ -54,14 +54,14 @@ def world_bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ed_diffusion.logs import quiet_third_party
-    from ed_diffusion.world.bench import (
+    from ed_diffusion.world_bench.bench import (
         BenchConfig,
         check_bench_dir,
         install_as_world_preset,
         run_bench,
         steps_to_run,
     )
-    from ed_diffusion.world.report import markdown_table
+    from ed_diffusion.world_bench.report import markdown_table
 
     quiet_third_party()
     overrides: dict[str, Any] = {}

@@ -16,7 +16,7 @@ def build_renderer(settings: Settings, on_progress: Callable[[str], None] | None
     """
     from ed_diffusion.pipeline import get_renderer
     from ed_diffusion.presets import resolve_preset
-    from ed_diffusion.world.preset_build import ensure_world_preset
+    from ed_diffusion.world_bench.preset_build import ensure_world_preset
 
     spec = resolve_preset(
         settings.preset,

@@ -70,7 +70,7 @@ def resolve_preset(
     Returns paths only: nothing here loads a model.
 
     ``build_world`` trains and installs the world preset when none is installed (the app passes
-    ``ed_diffusion.world.preset_build.ensure_world_preset``); without it a missing preset is an error.
+    ``ed_diffusion.world_bench.preset_build.ensure_world_preset``); without it a missing preset is an error.
 
     Raises:
         InvalidInputError: unknown preset name.

@@ -70,7 +70,7 @@ def _build(root: Path) -> None:
     from ed_common.emotions import EMOTION_NAMES
     from ed_diffusion.adapter_file import save_adapter
     from ed_diffusion.bank import build_bank
-    from ed_diffusion.data import load_jsonl_dataset, make_toy_dataset
+    from ed_diffusion.emotion_datasets import load_jsonl_dataset, make_toy_dataset
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
     from ed_diffusion.models.adapter import install_emotion_adapter
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig

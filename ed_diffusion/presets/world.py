@@ -3,7 +3,7 @@
 It is seed 0 of a world benchmark with the full schedule: the base pipeline (VAE, text encoder, UNet), the
 style bank and the adapter trained with SFT -> image-pair DPO + negative visual prompt. ``emodir world bench``
 (full, not ``--quick``) installs it; training one on first use is the app's call
-(``ed_diffusion.world.preset_build.ensure_world_preset``), never a side effect of looking a preset up.
+(``ed_diffusion.world_bench.preset_build.ensure_world_preset``), never a side effect of looking a preset up.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ed_diffusion.bank import VisualPromptBank
-from ed_diffusion.world.layout import (
+from ed_diffusion.world_bench.layout import (
     ADAPTER_FILES,
     BANK_FILE,
     BENCH_VERSION,

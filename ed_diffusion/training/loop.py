@@ -18,7 +18,7 @@ from ed_common.emotions import Emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.adapter_file import load_adapter
 from ed_diffusion.bank import VisualPromptBank
-from ed_diffusion.data import EmotionSample, load_emotion_dataset
+from ed_diffusion.emotion_datasets import EmotionSample, load_emotion_dataset
 from ed_diffusion.encoders import FeatureEncoders
 from ed_diffusion.model_source import check_diffusers_model, load_diffusers_pipeline
 from ed_diffusion.models.adapter import (
@@ -38,7 +38,7 @@ from ed_diffusion.training.checkpoints import (
     truncate_metrics,
 )
 from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig, save_config
-from ed_diffusion.training.data import (
+from ed_diffusion.training.datasets import (
     PreferencePair,
     PreferencePairs,
     SFTDataset,

@@ -7,7 +7,9 @@ typical contents on purpose (the semantic shortcut of Emotion-Director, arXiv 25
 unusual (content, emotion) pairs only.
 
 Modules: ``spec`` (classes, per-emotion attribute distributions, typical-content map), ``render`` (numpy
-drawing), ``oracle`` (content and emotion from pixels), ``dataset`` (splits on disk, summaries).
+drawing), ``oracle`` (content and emotion from pixels), ``dataset`` (splits on disk, summaries), ``splits``
+(a split read back into memory as arrays and tensors), ``style`` (the image features a visual-prompt bank
+pairs with captions: colour and texture statistics, no shape).
 """
 
 from __future__ import annotations

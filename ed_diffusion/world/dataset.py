@@ -1,7 +1,7 @@
 """Write the synthetic affective world to disk: a shortcut-biased train split and an unusual-pair test split.
 
-Layout of a world directory (rows in the ``ed_diffusion.data.load_jsonl_dataset`` format, image paths
-relative to the JSONL file)::
+Layout of a world directory (rows in the ``ed_diffusion.emotion_datasets.load_jsonl_dataset`` format, image
+paths relative to the JSONL file)::
 
     <root>/train.jsonl, <root>/test.jsonl
     <root>/images/train/train_00000.png ...

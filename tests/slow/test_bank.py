@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from ed_common.emotions import EMOTION_NAMES, Emotion
 from ed_diffusion.bank import BankMetadata, VisualPromptBank, build_bank, kmeans
-from ed_diffusion.data import (
+from ed_diffusion.emotion_datasets import (
     EmotionSample,
     dataset_fingerprint,
     emoset_caption,

@@ -228,7 +228,7 @@ def test_bad_bank_files_are_one_line(
 
 
 def test_bank_build_and_show(tiny_env: Path, tmp_path: Path) -> None:
-    from ed_diffusion.data import make_toy_dataset
+    from ed_diffusion.emotion_datasets import make_toy_dataset
 
     jsonl = make_toy_dataset(tmp_path / "toy", n_per_emotion=4, seed=1)
     out = tmp_path / "bank.safetensors"

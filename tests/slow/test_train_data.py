@@ -12,9 +12,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ed_common.emotions import Emotion
-from ed_diffusion.data import make_toy_dataset
+from ed_diffusion.emotion_datasets import make_toy_dataset
 from ed_diffusion.errors import DatasetError
-from ed_diffusion.training.data import (
+from ed_diffusion.training.datasets import (
     PreferencePairs,
     SFTDataset,
     collate_pairs,

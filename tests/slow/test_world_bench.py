@@ -13,11 +13,11 @@ from PIL import Image
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_diffusion.world import make_world
-from ed_diffusion.world.bench import BenchConfig, run_bench
-from ed_diffusion.world.data import load_split
-from ed_diffusion.world.layout import SYSTEMS
-from ed_diffusion.world.model import WorldModelConfig
-from ed_diffusion.world.train import (
+from ed_diffusion.world.splits import load_split
+from ed_diffusion.world_bench.bench import BenchConfig, run_bench
+from ed_diffusion.world_bench.layout import SYSTEMS
+from ed_diffusion.world_bench.model import WorldModelConfig
+from ed_diffusion.world_bench.train import (
     AdapterHyper,
     TextCache,
     encode_latents,
@@ -82,7 +82,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, objec
     cfg = WorldModelConfig()
     vae = train_vae(train.pixels, cfg, steps=20, seed=0, batch=16)
     train.latents, test.latents = encode_latents(vae, train.pixels), encode_latents(vae, test.pixels)
-    from ed_diffusion.world.model import build_world_tokenizer
+    from ed_diffusion.world_bench.model import build_world_tokenizer
 
     tokenizer = build_world_tokenizer()
     unet, text_encoder = pretrain_base(train, cfg, tokenizer, steps=30, seed=0, batch=16)
@@ -139,7 +139,7 @@ def test_negative_vp_dpo_raises_the_held_out_preference_for_the_right_visual_pro
 
 
 def test_sft_lowers_the_held_out_denoising_error(small_world: tuple[object, ...]) -> None:
-    from ed_diffusion.world.train import _err, _gen, _noised, emotional_caption, train_scheduler
+    from ed_diffusion.world_bench.train import _err, _gen, _noised, emotional_caption, train_scheduler
 
     train, test, unet, text, _ = small_world
     tokens = _tokens(train)
@@ -227,7 +227,7 @@ def test_world_preset_trains_once_renders_through_generate_and_the_oracle_reads_
     from cli import app
     from ed_diffusion.presets import resolve_preset
     from ed_diffusion.presets.world import world_preset_ready
-    from ed_diffusion.world.preset_build import ensure_world_preset
+    from ed_diffusion.world_bench.preset_build import ensure_world_preset
 
     cache = tmp_path / "cache"
     cfg = BenchConfig.quick(seeds=(0,), workers=1, **TINY)  # type: ignore[arg-type]
@@ -278,7 +278,7 @@ def test_cli_quick_bench_never_installs_the_world_preset(
     from typer.testing import CliRunner
 
     from cli import app
-    from ed_diffusion.world import bench
+    from ed_diffusion.world_bench import bench
 
     tiny = bench.BenchConfig.quick(seeds=(0,), workers=1, **TINY)  # type: ignore[arg-type]
     monkeypatch.setattr(bench.BenchConfig, "quick", classmethod(lambda cls, **kw: tiny))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ed_common.emotions import Emotion
-from ed_diffusion.data import load_jsonl_dataset
+from ed_diffusion.emotion_datasets import load_jsonl_dataset
 from ed_diffusion.world import (
     CONTENT_CLASSES,
     emotion_log_likelihoods,

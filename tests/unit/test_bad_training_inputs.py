@@ -18,12 +18,12 @@ from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_common.hashing import file_sha256
 from ed_diffusion.bank import VisualPromptBank, check_cluster_sizes
-from ed_diffusion.data import EmotionSample
+from ed_diffusion.emotion_datasets import EmotionSample
 from ed_diffusion.errors import BankError
 from ed_diffusion.training.checkpoints import checkpoints, read_state
 from ed_diffusion.training.config import MAX_TRAIN_SEED, ConfigError, DPOTrainConfig, SFTTrainConfig
 from ed_diffusion.training.manifest import MANIFEST_FILE, RunManifest
-from ed_diffusion.world.bench import MAX_BENCH_SEED, BenchConfig, check_bench_dir
+from ed_diffusion.world_bench.bench import MAX_BENCH_SEED, BenchConfig, check_bench_dir
 from tests.cli_helpers import one_line
 
 

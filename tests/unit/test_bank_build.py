@@ -15,7 +15,7 @@ from ed_diffusion.bank_build import (
     image_kind_of,
     prepare_bank_build,
 )
-from ed_diffusion.data import LoadSummary, make_toy_dataset
+from ed_diffusion.emotion_datasets import LoadSummary, make_toy_dataset
 from ed_diffusion.errors import BankError
 
 OPTIONS = {

@@ -1,4 +1,5 @@
-"""Dependency rules: ed_agents never imports torch or ed_diffusion; ed_diffusion never imports agents."""
+"""Dependency rules: ed_agents never imports torch or ed_diffusion; ed_diffusion never imports agents; the
+world dataset never imports the world benchmark."""
 
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def test_ed_common_never_imports_torch_or_the_image_side() -> None:
     for path in sorted((REPO_ROOT / "ed_common").rglob("*.py")):
         bad = _imports(path) & {"torch", "diffusers", "transformers", "ed_diffusion", "numpy"}
         assert not bad, f"{path} imports {bad}"
+
+
+def test_the_world_dataset_never_imports_the_world_benchmark() -> None:
+    # The procedural dataset and its oracles stand alone; the benchmark recipe trains and scores on them.
+    for path in sorted((REPO_ROOT / "ed_diffusion" / "world").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        for n in ast.walk(tree):  # `from ed_diffusion import world_bench` names it too
+            if isinstance(n, ast.ImportFrom) and n.module:
+                modules |= {n.module, *(f"{n.module}.{a.name}" for a in n.names)}
+        bad = {m for m in modules if m.split(".")[:2] == ["ed_diffusion", "world_bench"]}
+        assert not bad, f"{path.relative_to(REPO_ROOT)} imports {bad}"
 
 
 def test_agent_side_loads_without_torch_at_runtime() -> None:

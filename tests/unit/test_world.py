@@ -11,7 +11,7 @@ import pytest
 
 from ed_common.emotions import EMOTION_NAMES, Emotion, UnknownEmotionError
 from ed_common.errors import InvalidInputError
-from ed_diffusion.data import load_jsonl_dataset
+from ed_diffusion.emotion_datasets import load_jsonl_dataset
 from ed_diffusion.world import (
     ATTRIBUTE_NAMES,
     CONTENT_CLASSES,

@@ -19,18 +19,18 @@ from ed_diffusion.world import (
     sample_attributes,
     sample_layout,
 )
-from ed_diffusion.world.bench import (
+from ed_diffusion.world.oracle import read_image
+from ed_diffusion.world.spec import WorldSpec
+from ed_diffusion.world.style import STYLE_DIM, style_features
+from ed_diffusion.world_bench.bench import (
     BenchConfig,
     install_as_world_preset,
     seeds_to_run,
     steps_to_run,
 )
-from ed_diffusion.world.layout import BENCH_VERSION, PRESET_JSON, SYSTEMS
-from ed_diffusion.world.metrics import METRICS, aggregate, eval_pairs, metrics_by_split, score_targets
-from ed_diffusion.world.oracle import read_image
-from ed_diffusion.world.report import markdown_table
-from ed_diffusion.world.spec import WorldSpec
-from ed_diffusion.world.style import STYLE_DIM, style_features
+from ed_diffusion.world_bench.layout import BENCH_VERSION, PRESET_JSON, SYSTEMS
+from ed_diffusion.world_bench.metrics import METRICS, aggregate, eval_pairs, metrics_by_split, score_targets
+from ed_diffusion.world_bench.report import markdown_table
 
 
 def _images(pairs: list[tuple[str, Emotion]], seed: int = 3) -> np.ndarray:
@@ -208,7 +208,7 @@ def test_world_tokenizer_has_one_token_per_world_word_and_falls_back_to_bytes(tm
 
     from transformers import CLIPTokenizer
 
-    from ed_diffusion.world.model import build_world_tokenizer, world_words
+    from ed_diffusion.world_bench.model import build_world_tokenizer, world_words
 
     tok = build_world_tokenizer()
     assert {"feeling", "awe", "circle", "picture"} <= set(world_words())
@@ -247,7 +247,7 @@ def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: ob
     from pathlib import Path
 
     from ed_diffusion.presets.world import world_preset_ready
-    from ed_diffusion.world.layout import BENCH_VERSION, PRESET_JSON
+    from ed_diffusion.world_bench.layout import BENCH_VERSION, PRESET_JSON
 
     root = Path(str(tmp_path)) / "world-preset"
     assert not world_preset_ready(root)
@@ -265,8 +265,8 @@ def test_world_preset_is_ready_only_when_made_by_this_bench_version(tmp_path: ob
 def test_resume_key_ignores_workers_but_not_the_schedule_or_code_version() -> None:
     from dataclasses import asdict
 
-    from ed_diffusion.world.bench import schedule_of
-    from ed_diffusion.world.layout import BENCH_VERSION
+    from ed_diffusion.world_bench.bench import schedule_of
+    from ed_diffusion.world_bench.layout import BENCH_VERSION
 
     base = asdict(BenchConfig.full()) | {"bench_version": BENCH_VERSION}
     assert schedule_of(base | {"workers": 1}) == schedule_of(base)

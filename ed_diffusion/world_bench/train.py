@@ -15,7 +15,8 @@ from ed_common.emotions import Emotion
 from ed_diffusion.models.adapter import emotion_adapter_parameters
 from ed_diffusion.training.losses import per_sample_mse
 from ed_diffusion.training.objective import ErrorFn, NoisedBatch, ObjectiveOptions, step_loss
-from ed_diffusion.world.model import (
+from ed_diffusion.world.splits import WorldBatchData
+from ed_diffusion.world_bench.model import (
     WorldModelConfig,
     build_text_encoder,
     build_unet,
@@ -31,25 +32,6 @@ _STAGE_CODE = {"vae": 1, "base": 2, "sft": 3, "dpo": 4, "dpo_neg_vp": 5, "eval":
 def emotional_caption(caption: str, emotion: Emotion | str) -> str:
     """The caption with its emotion named, as the text-only model is trained and prompted."""
     return f"{caption}, feeling {Emotion(emotion).value}"
-
-
-@dataclass
-class WorldBatchData:
-    """One split in memory.
-
-    Attributes:
-        pixels: uint8 ``[N, H, W, 3]``.
-        captions: the neutral captions (content only).
-        emotions: label indices ``[N]`` (EmoSet order).
-        contents: content class per row.
-        latents: scaled VAE latents ``[N, C, h, w]`` (set by ``encode_latents``).
-    """
-
-    pixels: np.ndarray
-    captions: list[str]
-    emotions: Tensor
-    contents: list[str]
-    latents: Tensor | None = None
 
 
 def _chunks(x: Tensor, size: int = 256) -> list[Tensor]:

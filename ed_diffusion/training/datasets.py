@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ed_common.emotions import EMOTION_NAMES, Emotion, UnknownEmotionError, parse_emotion
 from ed_common.image_files import ImageReadError, read_rgb
-from ed_diffusion.data import EmotionSample, LoadSummary, finish_summary, load_emotion_dataset
+from ed_diffusion.emotion_datasets import EmotionSample, LoadSummary, finish_summary, load_emotion_dataset
 from ed_diffusion.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class SFTDataset(Dataset[SFTExample]):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], resolution: int, *, verify_images: bool = True) -> SFTDataset:
-        """Load a JSONL file or an EmoSet root with ``ed_diffusion.data.load_emotion_dataset``.
+        """Load a JSONL file or an EmoSet root with ``ed_diffusion.emotion_datasets.load_emotion_dataset``.
 
         Bad rows are counted in ``summary``, logged once and skipped.
 

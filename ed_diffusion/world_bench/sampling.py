@@ -17,9 +17,10 @@ from torch import Tensor
 
 from ed_common.emotions import EMOTION_NAMES, Emotion
 from ed_diffusion.bank import BankMetadata, VisualPromptBank, cluster_centres
-from ed_diffusion.world.model import sample_scheduler
+from ed_diffusion.world.splits import WorldBatchData
 from ed_diffusion.world.style import style_features
-from ed_diffusion.world.train import TextCache, WorldBatchData, decode_latents
+from ed_diffusion.world_bench.model import sample_scheduler
+from ed_diffusion.world_bench.train import TextCache, decode_latents
 
 STYLE_ENCODER_ID = "emodir-world-style-v1"
 

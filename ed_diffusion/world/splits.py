@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from ed_common.emotions import parse_emotion
 from ed_diffusion.world.dataset import WorldPaths
-from ed_diffusion.world.train import WorldBatchData
+
+
+@dataclass
+class WorldBatchData:
+    """One split in memory.
+
+    Attributes:
+        pixels: uint8 ``[N, H, W, 3]``.
+        captions: the neutral captions (content only).
+        emotions: label indices ``[N]`` (EmoSet order).
+        contents: content class per row.
+        latents: scaled VAE latents ``[N, C, h, w]`` (set by the benchmark's ``encode_latents``).
+    """
+
+    pixels: np.ndarray
+    captions: list[str]
+    emotions: Tensor
+    contents: list[str]
+    latents: Tensor | None = None
 
 
 def load_split(world: WorldPaths, split: Literal["train", "test"]) -> WorldBatchData:

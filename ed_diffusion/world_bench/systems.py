@@ -11,8 +11,8 @@ import torch
 
 from ed_common.emotions import EMOTION_NAMES
 from ed_diffusion.world.dataset import WorldPaths
-from ed_diffusion.world.layout import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR, SYSTEMS
-from ed_diffusion.world.metrics import eval_pairs, metrics_by_split
+from ed_diffusion.world_bench.layout import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR, SYSTEMS
+from ed_diffusion.world_bench.metrics import eval_pairs, metrics_by_split
 
 
 def train_systems(
@@ -29,15 +29,15 @@ def train_systems(
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
     from ed_diffusion.models.adapter import install_emotion_adapter, set_emotion_scale
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
-    from ed_diffusion.world.data import load_split
-    from ed_diffusion.world.model import (
+    from ed_diffusion.world.splits import load_split
+    from ed_diffusion.world_bench.model import (
         WorldModelConfig,
         assemble_pipeline,
         build_world_tokenizer,
         save_pretrained_atomic,
     )
-    from ed_diffusion.world.sampling import build_world_bank, sample_images
-    from ed_diffusion.world.train import (
+    from ed_diffusion.world_bench.sampling import build_world_bank, sample_images
+    from ed_diffusion.world_bench.train import (
         AdapterHyper,
         AdapterStage,
         TextCache,

@@ -28,16 +28,16 @@ from ed_common.errors import InvalidInputError
 from ed_common.git_state import git_dirty, git_sha
 from ed_common.text import short_repr
 from ed_diffusion.world.dataset import WorldPaths, make_world
-from ed_diffusion.world.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
-from ed_diffusion.world.metrics import aggregate, metrics_by_split
-from ed_diffusion.world.systems import train_systems
+from ed_diffusion.world_bench.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
+from ed_diffusion.world_bench.metrics import aggregate, metrics_by_split
+from ed_diffusion.world_bench.systems import train_systems
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, str], None]  # (steps advanced, description)
 RUN_ONLY_FIELDS = ("workers",)  # may change between a run and its resume
 CONFIG_FILE = "config.json"  # the first file a benchmark writes: it marks a directory as one
-# A seed becomes generator seeds like (seed * 1_000_003 + stage) * 1_000_033 + step (world/train.py) and
+# A seed becomes generator seeds like (seed * 1_000_003 + stage) * 1_000_033 + step (train.py) and
 # torch takes at most 2**64 - 1, so past about 1.8e7 a seed would fail mid-run; the bound is round below it.
 MAX_BENCH_SEED = 9_999_999
 _BENCH_KEYS = frozenset({"seeds", "world_seed", "base_steps", "sft_steps", "dpo_steps"})  # any bench config
@@ -192,7 +192,7 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
         InvalidInputError: ``out`` holds a benchmark with a different configuration, or is not a benchmark's
             directory (``check_bench_dir``); nothing is written then.
     """
-    from ed_diffusion.world.report import write_reports
+    from ed_diffusion.world_bench.report import write_reports
 
     out = Path(out)
     started = time.perf_counter()
@@ -295,9 +295,9 @@ def _vae_trained(target: Path) -> bool:
 def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: ProgressFn | None) -> Path:
     if _vae_trained(target):
         return target
-    from ed_diffusion.world.data import load_split
-    from ed_diffusion.world.model import WorldModelConfig, save_pretrained_atomic
-    from ed_diffusion.world.train import train_vae
+    from ed_diffusion.world.splits import load_split
+    from ed_diffusion.world_bench.model import WorldModelConfig, save_pretrained_atomic
+    from ed_diffusion.world_bench.train import train_vae
 
     data = load_split(world, "train")
 
@@ -392,8 +392,8 @@ def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, An
         return cached
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-    from ed_diffusion.world.data import load_split
-    from ed_diffusion.world.train import decode_latents, encode_latents
+    from ed_diffusion.world.splits import load_split
+    from ed_diffusion.world_bench.train import decode_latents, encode_latents
 
     test = load_split(world, "test")
     pairs = [

@@ -20,7 +20,7 @@ from ed_diffusion.presets.world import (
     world_preset_files,
     world_preset_ready,
 )
-from ed_diffusion.world.bench import BenchConfig, prepare_bench, run_seed
+from ed_diffusion.world_bench.bench import BenchConfig, prepare_bench, run_seed
 
 
 def ensure_world_preset(

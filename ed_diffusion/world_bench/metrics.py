@@ -10,9 +10,9 @@ import numpy as np
 
 from ed_common.emotions import Emotion
 from ed_diffusion.world.dataset import typical_pairs, unusual_pairs
-from ed_diffusion.world.layout import SYSTEMS
 from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, Reading, read_image
 from ed_diffusion.world.spec import WorldSpec
+from ed_diffusion.world_bench.layout import SYSTEMS
 
 METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
 
