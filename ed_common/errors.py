@@ -20,6 +20,14 @@ class OutputExistsError(EmodirError):
     """A file or run directory we would write already exists (nothing is ever overwritten)."""
 
 
+def error_line(exc: BaseException, *, limit: int = 300, with_type: bool = False) -> str:
+    """An exception's message on one bounded line (whitespace collapsed): one-line errors, manifests."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if with_type:
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 _SHOWN_ERRORS = 8
 
 

@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ed_common.atomic import write_bytes_atomic
+from ed_common.errors import error_line
 from ed_diffusion.errors import AdapterError
 from ed_diffusion.file_kinds import ADAPTER_FORMAT, non_finite, wrong_kind
 from ed_diffusion.models.adapter import (
@@ -157,10 +158,6 @@ def save_adapter(
     return write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _read_metadata(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -168,7 +165,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise AdapterError(f"{path}: no such file") from None
     except (SafetensorError, OSError) as exc:
-        raise AdapterError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
+        reason = error_line(exc, limit=1000)
+        raise AdapterError(f"{path}: not a readable safetensors file ({reason})") from None
     if (hint := wrong_kind(raw, ADAPTER_FORMAT)) is not None:
         raise AdapterError(f"{path}: {hint}")
     decoded: dict[str, Any] = {}
@@ -191,7 +189,7 @@ def _parse_info(path: Path, meta: Mapping[str, Any], unet_cross_dim: int) -> Ada
     try:
         projector_config = EmotionTokenProjectorConfig(**meta["projector_config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterError(f"{path}: bad projector_config metadata ({_one_line(exc)})") from None
+        raise AdapterError(f"{path}: bad projector_config metadata ({error_line(exc, limit=1000)})") from None
     num_tokens = meta.get("num_tokens")
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
         raise AdapterError(f"{path}: num_tokens metadata must be a positive int, got {num_tokens!r}")
@@ -266,7 +264,7 @@ def load_adapter(
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise AdapterError(f"{path}: cannot read tensors ({_one_line(exc)})") from None
+        raise AdapterError(f"{path}: cannot read tensors ({error_line(exc, limit=1000)})") from None
 
     projector = EmotionTokenProjector(info.projector_config)
     expected = {f"{PROJECTOR_PREFIX}{k}": tuple(v.shape) for k, v in projector.state_dict().items()}

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ed_common.errors import InvalidInputError
+from ed_common.errors import InvalidInputError, error_line
 from ed_diffusion.errors import EncoderLoadError
 
 logger = logging.getLogger(__name__)
@@ -283,11 +283,6 @@ def _check_batch_size(batch_size: int) -> None:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _load(what: str, id_or_path: str, local_files_only: bool, loader: Callable[[], _T]) -> _T:
     """Run ``loader`` and turn a missing/offline/unreadable component into one ``EncoderLoadError`` line."""
     try:
@@ -302,7 +297,8 @@ def _load(what: str, id_or_path: str, local_files_only: bool, loader: Callable[[
             where = f"not a local directory; looked in the Hugging Face cache {HF_HUB_CACHE}"
             if local_files_only:
                 where += " only (local_files_only=True, no download)"
-        raise EncoderLoadError(f"cannot load the {what} {id_or_path!r}: {where}; {_one_line(exc)}") from exc
+        reason = error_line(exc, limit=240)
+        raise EncoderLoadError(f"cannot load the {what} {id_or_path!r}: {where}; {reason}") from exc
 
 
 def _complete(what: str, id_or_path: str, loaded: Any) -> nn.Module:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ed_common.atomic import write_json_atomic
+from ed_common.errors import error_line
 from ed_common.git_state import git_dirty, git_sha, package_version
 from ed_common.hashing import file_sha256
 from ed_diffusion.training.config import DPOTrainConfig, TrainConfig
@@ -50,10 +51,6 @@ def input_files(paths: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 class RunManifest:
@@ -111,7 +108,7 @@ class RunManifest:
     ) -> None:
         """Record how this attempt ended: its last step, the checkpoint a resume would start from, and the
         error of a failed one. A failed write is logged, never raised over the run's own error."""
-        error = _one_line(exc) if exc is not None and status == "failed" else None
+        error = error_line(exc, with_type=True) if exc is not None and status == "failed" else None
         ended = {
             "finished": _now(),
             "step": step,

@@ -33,7 +33,7 @@ from ed_diffusion.world.oracle import (
     emotion_scores,
     measure,
 )
-from ed_diffusion.world.render import Layout, render_image, sample_layout
+from ed_diffusion.world.render import Layout, draw_world_image, sample_layout
 from ed_diffusion.world.spec import (
     ATTRIBUTE_NAMES,
     CONTENT_CLASSES,
@@ -60,13 +60,13 @@ __all__ = [
     "content_of",
     "content_scores",
     "default_spec",
+    "draw_world_image",
     "emotion_log_likelihoods",
     "emotion_of",
     "emotion_scores",
     "make_world",
     "measure",
     "plan_split",
-    "render_image",
     "sample_attributes",
     "sample_layout",
     "summary",

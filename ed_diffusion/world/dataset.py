@@ -36,7 +36,7 @@ from PIL import Image
 
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import InvalidInputError
-from ed_diffusion.world.render import check_size, render_image
+from ed_diffusion.world.render import check_size, draw_world_image
 from ed_diffusion.world.spec import WorldSpec, sample_attributes
 
 logger = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def _write_split(
     for i, (content, emotion) in enumerate(plan_split(split, n, seed=seed, shortcut=shortcut, spec=spec)):
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
         attributes = sample_attributes(rng, emotion, spec)
-        image = render_image(content, attributes, size, rng)
+        image = draw_world_image(content, attributes, size, rng)
         template = spec.caption_templates[int(rng.integers(len(spec.caption_templates)))]
         rel = f"images/{split}/{split}_{i:05d}.png"
         Image.fromarray(image).save(root / rel, format="PNG")

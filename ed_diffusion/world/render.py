@@ -239,7 +239,7 @@ def check_size(size: int) -> int:
     return size
 
 
-def render_image(
+def draw_world_image(
     content: str,
     attributes: Attributes,
     size: int = 32,
@@ -267,7 +267,7 @@ def render_image(
     check_size(size)
     if rng is None:
         raise InvalidInputError(
-            "render_image needs an rng (numpy Generator) for layout and texture; got None"
+            "draw_world_image needs an rng (numpy Generator) for layout and texture; got None"
         )
     place = layout if layout is not None else sample_layout(rng)
     alpha = blur(coverage(content, size, place), attributes.blur * size)[..., None]  # [H, W, 1]

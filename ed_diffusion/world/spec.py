@@ -119,7 +119,7 @@ class EmotionStyle:
 
 @dataclass(frozen=True)
 class Attributes:
-    """The non-semantic attributes of one image (what ``render_image`` draws).
+    """The non-semantic attributes of one image (what ``draw_world_image`` draws).
 
     Attributes:
         hue: base (background) hue in turns, [0, 1).

@@ -14,10 +14,10 @@ from ed_common.emotions import Emotion
 from ed_diffusion.emotion_datasets import load_jsonl_dataset
 from ed_diffusion.world import (
     CONTENT_CLASSES,
+    draw_world_image,
     emotion_log_likelihoods,
     make_world,
     measure,
-    render_image,
     sample_attributes,
     summary,
     unusual_pairs,
@@ -33,7 +33,7 @@ def _oracle_accuracy(n: int, size: int, seed: int) -> tuple[float, float]:
     for i in range(n):
         emotion = Emotion.from_index(i % len(Emotion))
         content = CONTENT_CLASSES[int(rng.integers(len(CONTENT_CLASSES)))]
-        image = render_image(content, sample_attributes(rng, emotion), size, rng)
+        image = draw_world_image(content, sample_attributes(rng, emotion), size, rng)
         m = measure(image)
         content_hits += CONTENT_CLASSES[int(np.argmax(m.content_iou))] == content
         emotion_hits += int(np.argmax(emotion_log_likelihoods(m))) == emotion.label_index

@@ -18,7 +18,7 @@ from ed_diffusion.scoring import (
     clip_score,
     content_top_k,
 )
-from ed_diffusion.world import CONTENT_CLASSES, render_image, sample_attributes
+from ed_diffusion.world import CONTENT_CLASSES, draw_world_image, sample_attributes
 
 
 def _image(k: int) -> Image.Image:
@@ -100,7 +100,7 @@ def test_world_content_oracle_separates_right_from_wrong_contents() -> None:
     images, contents = [], []
     for i, content in enumerate(CONTENT_CLASSES):
         emotion = Emotion.from_index(i % 8)
-        images.append(Image.fromarray(render_image(content, sample_attributes(rng, emotion), 32, rng)))
+        images.append(Image.fromarray(draw_world_image(content, sample_attributes(rng, emotion), 32, rng)))
         contents.append(content)
     oracle = WorldContentOracle()
     assert oracle.matches(images, contents).mean() >= 0.85

@@ -18,11 +18,11 @@ from ed_diffusion.world import (
     Layout,
     WorldSpec,
     content_of,
+    draw_world_image,
     emotion_scores,
     make_world,
     measure,
     plan_split,
-    render_image,
     sample_attributes,
     summary,
     typical_pairs,
@@ -41,7 +41,7 @@ def _grid(size: int = 32, seed: int = 11) -> list[tuple[str, Emotion, np.ndarray
         for emotion in Emotion:
             rng = np.random.default_rng([seed, ci, emotion.label_index])
             attributes = sample_attributes(rng, emotion)
-            out.append((content, emotion, render_image(content, attributes, size, rng, layout=layout)))
+            out.append((content, emotion, draw_world_image(content, attributes, size, rng, layout=layout)))
     return out
 
 
@@ -119,7 +119,7 @@ def test_sample_attributes_rejects_unknown_emotion() -> None:
 def test_render_is_deterministic_for_a_seed(size: int) -> None:
     def draw(seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        return render_image("star", sample_attributes(rng, "awe"), size, rng)
+        return draw_world_image("star", sample_attributes(rng, "awe"), size, rng)
 
     image = draw(5)
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
@@ -140,7 +140,7 @@ def test_render_rejects_bad_arguments(content: str, size: int, with_rng: bool, n
     rng = np.random.default_rng(0)
     attributes = sample_attributes(rng, "fear")
     with pytest.raises(InvalidInputError) as info:
-        render_image(content, attributes, size, rng if with_rng else None)
+        draw_world_image(content, attributes, size, rng if with_rng else None)
     assert needle in str(info.value)
 
 
@@ -167,7 +167,7 @@ def test_emotion_oracle_on_the_content_emotion_grid() -> None:
 def test_oracle_measures_the_drawn_attributes() -> None:
     rng = np.random.default_rng(21)
     attributes = sample_attributes(rng, "contentment")
-    m = measure(render_image("house", attributes, 64, rng))
+    m = measure(draw_world_image("house", attributes, 64, rng))
     truth = attributes.vector()
     tolerance = {"hue": 0.01, "accent": 0.02, "saturation": 0.03, "brightness": 0.02, "contrast": 0.03}
     tolerance |= {"blur": 0.006, "noise": 0.01, "grain": 0.04}
@@ -180,7 +180,7 @@ def test_oracle_measures_the_drawn_attributes() -> None:
 
 def test_oracle_scores_are_probabilities_and_a_flat_image_has_no_content() -> None:
     rng = np.random.default_rng(1)
-    scores = emotion_scores(render_image("ring", sample_attributes(rng, "anger"), 32, rng))
+    scores = emotion_scores(draw_world_image("ring", sample_attributes(rng, "anger"), 32, rng))
     assert scores.shape == (8,) and math.isclose(float(scores.sum()), 1.0) and (scores >= 0).all()
     flat = np.full((32, 32, 3), 90, dtype=np.uint8)
     assert content_of(flat) is None

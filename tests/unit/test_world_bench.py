@@ -14,8 +14,8 @@ from ed_diffusion.world import (
     ATTRIBUTE_NAMES,
     COLOUR_ATTRIBUTES,
     CONTENT_CLASSES,
+    draw_world_image,
     emotion_scores,
-    render_image,
     sample_attributes,
     sample_layout,
 )
@@ -35,7 +35,7 @@ from ed_diffusion.world_bench.report import markdown_table
 
 def _images(pairs: list[tuple[str, Emotion]], seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.stack([render_image(c, sample_attributes(rng, e), 32, rng) for c, e in pairs])
+    return np.stack([draw_world_image(c, sample_attributes(rng, e), 32, rng) for c, e in pairs])
 
 
 def test_bench_config_rejects_bad_values_with_the_field_name() -> None:
@@ -67,9 +67,9 @@ def test_style_features_separate_palettes_and_ignore_the_silhouette() -> None:
     rng = np.random.default_rng(0)
     attrs = sample_attributes(rng, Emotion.ANGER)
     layout = sample_layout(rng)
-    a = render_image("circle", attrs, 32, np.random.default_rng(1), layout=layout)
-    b = render_image("cross", attrs, 32, np.random.default_rng(1), layout=layout)
-    c = render_image(
+    a = draw_world_image("circle", attrs, 32, np.random.default_rng(1), layout=layout)
+    b = draw_world_image("cross", attrs, 32, np.random.default_rng(1), layout=layout)
+    c = draw_world_image(
         "circle", sample_attributes(rng, Emotion.CONTENTMENT), 32, np.random.default_rng(1), layout=layout
     )
     f = style_features(np.stack([a, b, c]))
