@@ -3,6 +3,7 @@ at run time), checked before any work starts and loaded with one-line errors tha
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,11 @@ from ed_common.errors import EmodirError
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _NEEDED = ("model_index.json", "unet", "vae")
+# diffusers imports the library each component of model_index.json names: a model directory is data, so it
+# may name only these, or one of diffusers' own pipeline modules (SD 1.5 names "stable_diffusion" for its
+# safety checker). The world model's pixel codec is ours.
+ALLOWED_LIBRARIES = frozenset({"diffusers", "transformers", "ed_diffusion.world_bench.codec"})
+_MAX_INDEX_BYTES = 1_000_000
 
 
 class ModelMissingError(EmodirError):
@@ -36,6 +42,7 @@ def check_diffusers_model(model: str, what: str = "model") -> None:
             raise ModelMissingError(
                 f"{what} {model!r} is not a complete diffusers model directory: missing {', '.join(missing)}"
             )
+        check_model_index(local / "model_index.json", f"{what} {model!r}")
         return
     if not _HUB_ID.fullmatch(model):
         raise ModelMissingError(
@@ -44,11 +51,45 @@ def check_diffusers_model(model: str, what: str = "model") -> None:
         )
     from huggingface_hub import try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+    cached = try_to_load_from_cache(model, "model_index.json")
+    if not isinstance(cached, str):
         raise ModelMissingError(
             f"{what} {model!r} is not in the local Hugging Face cache, and models are never downloaded at "
             f"run time; fetch it first (`hf download {model}`) or give a local directory"
         )
+    check_model_index(Path(cached), f"{what} {model!r}")
+
+
+def check_model_index(path: Path, what: str) -> None:
+    """Refuse a ``model_index.json`` that names a library outside ``ALLOWED_LIBRARIES`` (or is not JSON).
+
+    Raises:
+        ModelMissingError: naming the component, the library and what is allowed.
+    """
+    if path.stat().st_size > _MAX_INDEX_BYTES:
+        raise ModelMissingError(f"{what}: model_index.json is over {_MAX_INDEX_BYTES} bytes")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelMissingError(f"{what}: model_index.json is not readable JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise ModelMissingError(f"{what}: model_index.json is not a JSON object")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or not entry or entry[0] is None:
+            continue
+        if not _allowed_library(entry[0]):
+            raise ModelMissingError(
+                f"{what}: component {name!r} names the library {entry[0]!r}; allowed: "
+                f"{', '.join(sorted(ALLOWED_LIBRARIES))} (a model directory never chooses code to run)"
+            )
+
+
+def _allowed_library(name: object) -> bool:
+    if name in ALLOWED_LIBRARIES:
+        return True
+    from diffusers import pipelines
+
+    return isinstance(name, str) and name.isidentifier() and hasattr(pipelines, name)
 
 
 def load_diffusers_pipeline(cls: Any, model: str, what: str = "model", **kwargs: Any) -> Any:

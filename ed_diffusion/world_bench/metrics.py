@@ -14,7 +14,18 @@ from ed_diffusion.world.oracle import COLOUR_ATTRIBUTES, Reading, read_image
 from ed_diffusion.world.spec import WorldSpec
 from ed_diffusion.world_bench.layout import SYSTEMS
 
-METRICS: tuple[str, ...] = ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate", "target_prob")
+METRICS: tuple[str, ...] = (
+    "emotion_acc",
+    "content_acc",
+    "joint_acc",
+    "shortcut_rate",
+    "leak_rate",
+    "target_prob",
+)
+# Per split, not per image: of the images in a wrong emotion, the share painted in an emotion the requested
+# content is typical of (the shortcut through the emotion channel), and that share if wrong emotions fell
+# uniformly on the other seven (its chance level).
+SPLIT_METRICS: tuple[str, ...] = ("emotion_leakage", "leakage_chance")
 
 
 class _Sampled(Protocol):
@@ -36,6 +47,8 @@ class TargetScore:
     content: str
     emotion: Emotion
     shortcut: bool  # it shows another content, one typical of the target emotion (the semantic shortcut)
+    leaked: bool = False  # a wrong emotion, one the requested content is typical of (emotion leakage)
+    leak_chance: float = 0.0  # P(leaked | wrong emotion) if the wrong emotion were uniform over the other 7
 
     @property
     def emotion_ok(self) -> bool:
@@ -59,6 +72,7 @@ class TargetScore:
             "content_acc": float(self.content_ok),
             "joint_acc": float(self.emotion_ok and self.content_ok),
             "shortcut_rate": float(self.shortcut),
+            "leak_rate": float(self.leaked),
             "target_prob": self.target_prob,
         }
 
@@ -81,7 +95,10 @@ def score_targets(
         reading = read_image(img, world, attributes)
         drawn = reading.content
         shortcut = drawn is not None and drawn != content and world.is_typical(drawn, emotion)
-        scores.append(TargetScore(reading, content, emotion, shortcut))
+        leaked = reading.emotion != emotion and world.is_typical(content, reading.emotion)
+        others = [e for e in Emotion if e != emotion]
+        chance = sum(world.is_typical(content, e) for e in others) / len(others)
+        scores.append(TargetScore(reading, content, emotion, shortcut, leaked, chance))
     return scores
 
 
@@ -93,9 +110,25 @@ def metrics_by_split(
     per: dict[str, list[dict[str, float]]] = {}
     for score, (_, _, split, _) in zip(scores, pairs, strict=True):
         per.setdefault(split, []).append(score.metrics())
+    by_split: dict[str, list[TargetScore]] = {}
+    for score, (_, _, split, _) in zip(scores, pairs, strict=True):
+        by_split.setdefault(split, []).append(score)
     return {
-        split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS} | {"n": len(rows)}
+        split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+        | leakage(by_split[split])
+        | {"n": len(rows)}
         for split, rows in per.items()
+    }
+
+
+def leakage(scores: Sequence[TargetScore]) -> dict[str, float]:
+    """``SPLIT_METRICS`` of a set of images (NaN-free: no wrong-emotion image gives 0 for both)."""
+    wrong = [s for s in scores if not s.emotion_ok]
+    if not wrong:
+        return {"emotion_leakage": 0.0, "leakage_chance": 0.0}
+    return {
+        "emotion_leakage": float(np.mean([s.leaked for s in wrong])),
+        "leakage_chance": float(np.mean([s.leak_chance for s in wrong])),
     }
 
 
@@ -106,7 +139,7 @@ def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         out[system] = {}
         for split in ("unusual", "typical"):
             out[system][split] = {}
-            for metric in (*METRICS, "vp_gap", "vp_win_rate"):
+            for metric in (*METRICS, *SPLIT_METRICS, "vp_gap", "vp_win_rate"):
                 vals = [s["systems"][system][split].get(metric) for s in seeds]
                 vals = [v for v in vals if v is not None]
                 if not vals:

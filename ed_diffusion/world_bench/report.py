@@ -16,6 +16,7 @@ COLUMNS = (
     ("unusual", "content_acc", "Content acc."),
     ("unusual", "joint_acc", "Joint acc."),
     ("unusual", "shortcut_rate", "Shortcut rate ↓"),
+    ("unusual", "emotion_leakage", "Emotion leakage ↓"),
     ("unusual", "vp_win_rate", "VP win rate"),
     ("typical", "emotion_acc", "Emotion acc. (typical)"),
 )
@@ -71,11 +72,18 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Shortcut rate: share of unusual-pair images that show the emotion's *typical* content "
-        "instead of the requested one. VP win rate: share of held-out test images denoised better "
+        "instead of the requested one. Emotion leakage: of the unusual-pair images in a wrong emotion, the "
+        "share painted in an emotion the requested *content* is typical of (chance: "
+        f"{_chance(summary)}). VP win rate: share of held-out test images denoised better "
         "with their own emotion's visual prompt than with another's (0.5 = the prompt is ignored).",
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _chance(summary: dict[str, Any]) -> str:
+    value = summary.get("text_only", {}).get("unusual", {}).get("leakage_chance", {}).get("mean")
+    return "n/a" if value is None else f"{100 * value:.1f}% for the text-only row"
 
 
 def sample_grid(seed_dir: Path, results: dict[str, Any], per_emotion: int = 1) -> Image.Image:

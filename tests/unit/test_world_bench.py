@@ -111,6 +111,28 @@ def test_metrics_by_split_separates_right_from_wrong_targets() -> None:
     assert shortcut["shortcut_rate"] >= 0.9 and shortcut["content_acc"] <= 0.1
 
 
+def test_emotion_leakage_counts_wrong_emotions_that_belong_to_the_content() -> None:
+    spec = WorldSpec()
+    # Contents drawn in an emotion they are typical of, asked for in one they are not: every image is in a
+    # wrong emotion, and that emotion is the content's own, so the leakage is total.
+    drawn = [(c, e) for e in Emotion for c in CONTENT_CLASSES if spec.is_typical(c, e)]
+    asked = [
+        (c, next(o for o in Emotion if not spec.is_typical(c, o) and o.polarity != e.polarity), "unusual", 0)
+        for c, e in drawn
+    ]
+    leaked = metrics_by_split(_images(drawn), asked)["unusual"]
+    assert leaked["emotion_acc"] <= 0.1 and leaked["emotion_leakage"] >= 0.9
+    assert 0.0 < leaked["leakage_chance"] < 0.5  # a content is typical of a few of the 7 other emotions
+    # The same images asked for in their own emotion: right, so nothing can leak.
+    right = metrics_by_split(_images(drawn), [(c, e, "unusual", 0) for c, e in drawn])["unusual"]
+    assert right["emotion_acc"] >= 0.9 and right["leak_rate"] <= 0.1
+    # Drawn in an emotion the content is not typical of, asked for another: wrong, but no leakage.
+    foreign = [(c, next(o for o in Emotion if not spec.is_typical(c, o))) for c, _ in drawn]
+    other = [(c, Emotion.from_index((e.label_index + 4) % 8), "unusual", 0) for c, e in foreign]
+    not_leaked = metrics_by_split(_images(foreign), other)["unusual"]
+    assert not_leaked["emotion_acc"] <= 0.1 and not_leaked["emotion_leakage"] <= 0.1
+
+
 def test_score_targets_judges_each_image_by_read_image_against_its_own_target() -> None:
     spec = WorldSpec()
     emotion = Emotion.FEAR
