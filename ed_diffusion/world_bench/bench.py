@@ -1,11 +1,11 @@
 """`emodir world bench`: the paper's ablation on the affective world, measured by the exact oracles.
 
-Per seed: pretrain a text-only model from scratch on the shortcut-biased train split, build its visual-prompt
+Once per benchmark: pretrain the text-only base model from scratch on the shortcut-biased train split (the
+one model every seed starts from; its weights do not vary with the seed). Per seed: build the visual-prompt
 bank, train the adapter with SFT, then (both from the SFT adapter) image-pair DPO and image-pair DPO + the
-negative-visual-prompt term. Each system draws the unusual (content, emotion) pairs from identical noise; the
-oracles read emotion and content from the pixels. The autoencoder is shared by all seeds (it is the image
-codec, not a compared system). Seeds run in worker processes; a finished seed is never redone, and a killed
-seed reuses its finished base model.
+negative-visual-prompt term, so seeds vary the adapter stages and the sampling noise. Each system draws the
+(content, emotion) pairs from identical noise; the oracles read emotion and content from the pixels. Seeds
+run in worker processes; a finished base model or seed is never redone.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from ed_common.errors import InvalidInputError
 from ed_common.git_state import git_dirty, git_sha
 from ed_common.text import short_repr
 from ed_diffusion.world.dataset import WorldPaths, make_world
-from ed_diffusion.world_bench.layout import BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
-from ed_diffusion.world_bench.metrics import aggregate, metrics_by_split
+from ed_diffusion.world_bench.layout import BASE_DIR, BENCH_VERSION, SYSTEM_LABELS, SYSTEMS
+from ed_diffusion.world_bench.metrics import aggregate, intervals, metrics_by_split
 from ed_diffusion.world_bench.systems import train_systems
 
 log = logging.getLogger(__name__)
@@ -52,17 +52,17 @@ class BenchConfig:
     n_train: int = 4000
     n_test: int = 256
     shortcut: float = 0.9
-    vae_steps: int = 500
-    base_steps: int = 850  # 1000 took 20.5 min of the 20-min budget; 850: 16.9 min
+    base_steps: int = 2400
     sft_steps: int = 200
     dpo_steps: int = 100
     batch: int = 32
     base_lr: float = 2e-3
     adapter_lr: float = 1e-3  # SFT
     dpo_lr: float = 3e-4  # both DPO stages: 1e-3 traded most of the content for emotion on a trial seed
-    beta: float = 500.0
+    beta: float = 5000.0  # 500 let DPO break images to meet its objective (issue #13's prototype)
+    check_every: int = 25  # early stopping: the held-out check every this many adapter steps (0 = off)
     clusters: int = 4
-    samples_per_pair: int = 2
+    samples_per_pair: int = 4
     sample_steps: int = 15
     guidance: float = 5.0
     workers: int = 3
@@ -78,7 +78,6 @@ class BenchConfig:
         for name in (
             "n_train",
             "n_test",
-            "vae_steps",
             "base_steps",
             "sft_steps",
             "dpo_steps",
@@ -90,6 +89,8 @@ class BenchConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"{name}={getattr(self, name)}; allowed: an integer >= 1")
+        if int(self.check_every) < 0:
+            raise InvalidInputError(f"check_every={self.check_every}; allowed: an integer >= 0 (0 = off)")
         if not 0.0 <= self.shortcut <= 1.0:
             raise InvalidInputError(f"shortcut={self.shortcut}; allowed: a number in [0, 1]")
 
@@ -104,18 +105,18 @@ class BenchConfig:
         small = cls(
             n_train=800,
             n_test=64,
-            vae_steps=120,
             base_steps=120,
             sft_steps=30,
             dpo_steps=15,
             samples_per_pair=1,
+            check_every=10,
             sample_steps=8,
         )
         return replace(small, **overrides)
 
     def steps_per_seed(self) -> int:
         """Progress units of one seed (training steps plus one unit per system evaluated)."""
-        return self.base_steps + self.sft_steps + 2 * self.dpo_steps + len(SYSTEMS)
+        return self.sft_steps + 2 * self.dpo_steps + len(SYSTEMS)
 
 
 def _is_seed(value: object) -> bool:
@@ -196,12 +197,12 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
 
     out = Path(out)
     started = time.perf_counter()
-    world, vae_dir = prepare_bench(out, cfg, progress=progress)
+    world, base_dir = prepare_bench(out, cfg, progress=progress)
     todo = seeds_to_run(out, cfg)
     if todo:
-        _run_seeds(out, world, vae_dir, cfg, todo, progress)
+        _run_seeds(out, world, base_dir, cfg, todo, progress)
     seeds = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in cfg.seeds]
-    reference = _reference_rows(out, world, vae_dir)
+    reference = _reference_rows(out, world, base_dir)
     results = {
         "format": "emodir-world-bench",
         "format_version": 1,
@@ -210,6 +211,7 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
         "provenance": _provenance(),
         "systems": {s: SYSTEM_LABELS[s] for s in SYSTEMS},
         "summary": aggregate(seeds),
+        "intervals": intervals(seeds),
         "reference": reference,
         "seeds": seeds,
         "wall_s_this_call": round(time.perf_counter() - started, 1),
@@ -221,12 +223,12 @@ def run_bench(out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
 def prepare_bench(
     out: Path, cfg: BenchConfig, *, progress: ProgressFn | None = None
 ) -> tuple[WorldPaths, Path]:
-    """Create or reopen ``out``: the world and the shared autoencoder (each made once, reused on resume)."""
+    """Create or reopen ``out``: the world and the shared base model (each made once, reused on resume)."""
     check_bench_dir(out)  # before the mkdir: a refused directory gets nothing of ours
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     world = _ensure_world(out / "world", cfg)
-    return world, _ensure_vae(out / "vae", world, cfg, progress)
+    return world, _ensure_base(out / BASE_DIR, world, cfg, progress)
 
 
 def seeds_to_run(out: Path, cfg: BenchConfig) -> list[int]:
@@ -235,9 +237,9 @@ def seeds_to_run(out: Path, cfg: BenchConfig) -> list[int]:
 
 
 def steps_to_run(out: Path, cfg: BenchConfig) -> int:
-    """Progress units a run of ``cfg`` into ``out`` has left: the autoencoder unless trained, each seed."""
-    vae = 0 if _vae_trained(out / "vae") else cfg.vae_steps
-    return vae + cfg.steps_per_seed() * len(seeds_to_run(out, cfg))
+    """Progress units a run of ``cfg`` into ``out`` has left: the base model unless trained, each seed."""
+    base = 0 if _base_trained(out / BASE_DIR) else cfg.base_steps
+    return base + cfg.steps_per_seed() * len(seeds_to_run(out, cfg))
 
 
 def install_as_world_preset(out: Path, results: dict[str, Any], target: Path) -> bool:
@@ -288,31 +290,57 @@ def _ensure_world(root: Path, cfg: BenchConfig) -> WorldPaths:
     )
 
 
-def _vae_trained(target: Path) -> bool:
-    return (target / "config.json").is_file()
+def _base_trained(target: Path) -> bool:
+    return (target / "model_index.json").is_file()
 
 
-def _ensure_vae(target: Path, world: WorldPaths, cfg: BenchConfig, progress: ProgressFn | None) -> Path:
-    if _vae_trained(target):
+def _ensure_base(target: Path, world: WorldPaths, cfg: BenchConfig, progress: ProgressFn | None) -> Path:
+    """The text-only base pipeline (codec, text encoder, UNet), trained once with the world's seed."""
+    if _base_trained(target):
         return target
+    import torch
+
     from ed_diffusion.world.splits import load_split
-    from ed_diffusion.world_bench.model import WorldModelConfig, save_pretrained_atomic
-    from ed_diffusion.world_bench.train import train_vae
+    from ed_diffusion.world_bench.model import (
+        WorldModelConfig,
+        assemble_pipeline,
+        build_world_tokenizer,
+        save_pretrained_atomic,
+    )
+    from ed_diffusion.world_bench.train import encode_latents, fit_codec, pretrain_base
 
     data = load_split(world, "train")
+    mcfg = WorldModelConfig()
+    codec = fit_codec(data.pixels, mcfg)
+    data.latents = encode_latents(codec, data.pixels)
 
     def step(n: int) -> None:
         if progress is not None:
-            progress(n, "autoencoder")
+            progress(n, "base model (shared by every seed)")
 
-    vae = train_vae(data.pixels, WorldModelConfig(), steps=cfg.vae_steps, seed=cfg.world_seed, on_step=step)
-    return save_pretrained_atomic(vae, target)
+    # Nothing else runs while the base trains: it may use every core (the seeds then take one each).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_cores())
+    try:
+        unet, text_encoder = pretrain_base(
+            data,
+            mcfg,
+            build_world_tokenizer(mcfg.text_tokens),
+            steps=cfg.base_steps,
+            seed=cfg.world_seed,
+            batch=cfg.batch,
+            lr=cfg.base_lr,
+            on_step=step,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return save_pretrained_atomic(assemble_pipeline(codec, text_encoder, unet), target)
 
 
 def _run_seeds(
     out: Path,
     world: WorldPaths,
-    vae_dir: Path,
+    base_dir: Path,
     cfg: BenchConfig,
     todo: list[int],
     progress: ProgressFn | None,
@@ -322,7 +350,7 @@ def _run_seeds(
     workers = max(1, min(cfg.workers, len(todo)))
     if workers == 1:
         for s in todo:
-            run_seed(s, cfg, world.root, vae_dir, out, _Relay(progress))
+            run_seed(s, cfg, world.root, base_dir, out, _Relay(progress))
         return
     ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
     with ctx.Manager() as manager:
@@ -331,7 +359,7 @@ def _run_seeds(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(workers,)
         ) as pool:
             futures = [
-                pool.submit(run_seed, s, cfg, world.root, vae_dir, out, _Relay(None, queue)) for s in todo
+                pool.submit(run_seed, s, cfg, world.root, base_dir, out, _Relay(None, queue)) for s in todo
             ]
             while not all(f.done() for f in futures):
                 _drain(queue, progress, timeout=0.5)
@@ -374,25 +402,24 @@ class _Relay:
 
 # ------------------------------------------------------------------------------------------- one seed
 def run_seed(
-    seed: int, cfg: BenchConfig, world_root: Path, vae_dir: Path, out: Path, relay: Any
+    seed: int, cfg: BenchConfig, world_root: Path, base_dir: Path, out: Path, relay: Any
 ) -> dict[str, Any]:
     """Train the four systems of one seed, evaluate them, write ``seed<N>/result.json`` (atomically)."""
     seed_dir = out / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    result = train_systems(seed, cfg, WorldPaths.at(world_root), vae_dir, seed_dir, relay)
+    result = train_systems(seed, cfg, WorldPaths.at(world_root), base_dir, seed_dir, relay)
     write_json_atomic(seed_dir / "result.json", result, default=None)
     return result
 
 
-def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, Any]:
-    """Oracle metrics of the real test images and of their autoencoder reconstructions (the ceiling)."""
+def _reference_rows(out: Path, world: WorldPaths, base_dir: Path) -> dict[str, Any]:
+    """Oracle metrics of the real test images and of their codec round trip (lossless, so the same)."""
     path = out / "reference.json"
     if path.is_file():
         cached: dict[str, Any] = json.loads(path.read_text())
         return cached
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-
     from ed_diffusion.world.splits import load_split
+    from ed_diffusion.world_bench.codec import PixelShuffleAutoencoder
     from ed_diffusion.world_bench.train import decode_latents, encode_latents
 
     test = load_split(world, "test")
@@ -400,7 +427,7 @@ def _reference_rows(out: Path, world: WorldPaths, vae_dir: Path) -> dict[str, An
         (c, Emotion.from_index(int(e)), "unusual", 0)
         for c, e in zip(test.contents, test.emotions, strict=True)
     ]
-    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae = PixelShuffleAutoencoder.from_pretrained(base_dir / "vae")
     recon = decode_latents(vae, encode_latents(vae, test.pixels))
     ref = {
         "real_test_images": metrics_by_split(test.pixels, pairs)["unusual"],

@@ -16,12 +16,14 @@ SYSTEM_LABELS = {
 # Bump when a change to the world code (training, sampling, oracle scoring) or to the full schedule makes
 # stored results incomparable: a benchmark directory written by another version is not resumed, and an
 # installed `world` preset of another version is retrained. 2: the base model runs 850 steps, not 1000.
-BENCH_VERSION = 2
+# 3: one shared base model on pixels (lossless codec), min-SNR weighting, EMA, a pooled text vector.
+BENCH_VERSION = 3
 ADAPTER_FILES = {
     "vp_sft": "adapter_vp_sft.safetensors",
     "vp_dpo": "adapter_vp_dpo.safetensors",
     "vp_dpo_neg_vp": "adapter_vp_dpo_neg_vp.safetensors",
 }
 PIPELINE_DIR, BANK_FILE, ENCODERS_DIR = "pipeline", "bank.safetensors", "encoders"
+BASE_DIR = "base"  # the shared base pipeline, under the benchmark directory
 PRESET_JSON = "preset.json"
 PRESET_SYSTEM = "vp_dpo_neg_vp"  # the system the `world` preset installs

@@ -1,10 +1,11 @@
 """The small MC-Diffusion trained on the affective world: components built from configs, saved as a pipeline.
 
-An SD 1.5-class ``StableDiffusionPipeline`` at 32 px: a VAE with one downsampling (32 px -> 16x16x4 latents),
-a UNet whose highest resolution has no attention (self-attention over 256 tokens per image is what makes a
-CPU step slow; the 8x8 level has self- and cross-attention), and the tiny CLIP text encoder of
-``ed_diffusion.tiny_models`` (with whole-word tokens for the world's vocabulary) trained from scratch with
-the UNet.
+An SD 1.5-class ``StableDiffusionPipeline`` at 32 px: the lossless pixel codec of ``codec.py`` as its VAE
+(32 px -> 16x16x12), a UNet whose highest resolution has no attention (self-attention over 256 tokens per
+image is what makes a CPU step slow; the 8x8 level has self- and cross-attention) and a pooled text vector
+on its time embedding (diffusers' ``addition_embed_type="text"``), and a small CLIP text encoder over
+whole-word tokens for the world's vocabulary, trained from scratch with the UNet. Why each choice:
+``docs/design.md``, *World benchmark*.
 Saved with ``save_pretrained`` so the ``world`` preset loads it through the same ``from_pretrained`` path as
 SD 1.5.
 """
@@ -18,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -28,6 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ed_common.byte_alphabet import bytes_to_unicode
 from ed_common.emotions import EMOTION_NAMES
 from ed_diffusion.tiny_models import TEXT_HIDDEN, _text_config
+from ed_diffusion.world_bench.codec import PixelShuffleAutoencoder
 
 # SD 1.5's noise schedule, so the world model samples with the same scheduler code as the real one.
 SCHEDULE: dict[str, Any] = {
@@ -41,26 +42,35 @@ SCHEDULE: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    """Shapes of the world model (defaults: ~1 M UNet parameters, a CPU step of batch 32 in ~0.3 s).
+    """Shapes of the world model (defaults: ~1 M UNet parameters).
 
     Attributes:
         image_size: pixels per side (the world's images).
-        vae_channels: VAE block widths; ``len - 1`` downsamplings.
-        latent_channels: VAE latent channels.
+        patch: pixels per side the codec folds into channels (latents are ``3 * patch**2`` channels).
         unet_channels: UNet block widths (first block without attention).
         text_hidden: text-encoder width = the UNet's cross-attention width.
+        text_layers: transformer layers of the text encoder.
+        text_tokens: tokens the tokenizer pads captions to (the world's captions are a few words).
+        pooled_text: add an attention-pooled text vector to the UNet's time embedding.
     """
 
     image_size: int = 32
-    vae_channels: tuple[int, ...] = (16, 32)
-    latent_channels: int = 4
+    patch: int = 2
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = TEXT_HIDDEN
+    text_layers: int = 0
+    text_tokens: int = 12
+    pooled_text: bool = True
+
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels: the codec's folded pixels."""
+        return 3 * self.patch * self.patch
 
     @property
     def latent_size(self) -> int:
         """Latent pixels per side."""
-        return int(self.image_size // 2 ** (len(self.vae_channels) - 1))
+        return self.image_size // self.patch
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (tuples as lists)."""
@@ -76,7 +86,7 @@ def world_words() -> list[str]:
     return sorted(words | set(spec.contents) | set(EMOTION_NAMES) | {"feeling"})
 
 
-def build_world_tokenizer() -> CLIPTokenizer:
+def build_world_tokenizer(max_tokens: int = WorldModelConfig.text_tokens) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer plus one BPE token per world word (merged left to right).
 
     The byte fallback keeps any prompt encodable; whole-word tokens let a text encoder trained from scratch on
@@ -99,22 +109,18 @@ def build_world_tokenizer() -> CLIPTokenizer:
             current += part
             vocab.setdefault(current, len(vocab))
     # The tokenizers backend wants (left, right) pairs; transformers' annotation says strings.
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)  # type: ignore[arg-type]
 
 
-def build_vae(cfg: WorldModelConfig) -> AutoencoderKL:
-    """A small KL autoencoder; no mid-block attention (it would attend over every latent pixel)."""
-    n = len(cfg.vae_channels)
-    vae: AutoencoderKL = AutoencoderKL(
-        block_out_channels=list(cfg.vae_channels),
-        down_block_types=["DownEncoderBlock2D"] * n,
-        up_block_types=["UpDecoderBlock2D"] * n,
+def build_codec(cfg: WorldModelConfig, scaling_factor: float = 1.0) -> PixelShuffleAutoencoder:
+    """The pixel codec of ``cfg`` (``scaling_factor``: 1 / std of the folded train pixels)."""
+    codec: PixelShuffleAutoencoder = PixelShuffleAutoencoder(
+        patch=cfg.patch,
         latent_channels=cfg.latent_channels,
-        norm_num_groups=8,
-        sample_size=cfg.image_size,
-        mid_block_add_attention=False,
+        scaling_factor=scaling_factor,
+        block_out_channels=tuple([cfg.latent_channels] * cfg.patch.bit_length()),
     )
-    return vae
+    return codec
 
 
 def build_unet(cfg: WorldModelConfig) -> UNet2DConditionModel:
@@ -133,14 +139,20 @@ def build_unet(cfg: WorldModelConfig) -> UNet2DConditionModel:
         cross_attention_dim=cfg.text_hidden,
         norm_num_groups=8,
         attention_head_dim=8,
+        # The pooled caption on the time embedding tells every ResNet block what to draw, not only the
+        # cross-attention of the 8x8 level.
+        addition_embed_type="text" if cfg.pooled_text else None,
+        addition_embed_type_num_heads=4,
     )
     return unet
 
 
 def build_text_encoder(cfg: WorldModelConfig) -> CLIPTextModel:
-    """The tiny CLIP text encoder over ``build_world_tokenizer``'s vocabulary, random weights."""
-    config = _text_config(len(build_world_tokenizer()))
+    """A small CLIP text encoder over ``build_world_tokenizer``'s vocabulary, random weights."""
+    config = _text_config(len(build_world_tokenizer(cfg.text_tokens)))
     config.hidden_size = cfg.text_hidden
+    config.num_hidden_layers = cfg.text_layers
+    config.max_position_embeddings = cfg.text_tokens
     return CLIPTextModel(config)
 
 
@@ -154,12 +166,14 @@ def sample_scheduler() -> Any:
     return DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
 
 
-def assemble_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> Any:
+def assemble_pipeline(
+    vae: PixelShuffleAutoencoder, text_encoder: CLIPTextModel, unet: UNet2DConditionModel
+) -> Any:
     """A stock ``StableDiffusionPipeline`` around the trained parts (DDIM sampling)."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=build_world_tokenizer(),
+        tokenizer=build_world_tokenizer(text_encoder.config.max_position_embeddings),
         unet=unet,
         scheduler=sample_scheduler(),
         safety_checker=None,  # type: ignore[arg-type]
@@ -178,6 +192,20 @@ def save_pretrained_atomic(model: Any, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def copy_dir_atomic(source: Path, target: Path) -> Path:
+    """Copy the directory ``source`` to ``target`` (a temporary sibling, then a rename: whole or absent)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -19,6 +19,7 @@ COLUMNS = (
     ("unusual", "emotion_leakage", "Emotion leakage ↓"),
     ("unusual", "vp_win_rate", "VP win rate"),
     ("typical", "emotion_acc", "Emotion acc. (typical)"),
+    ("typical", "content_acc", "Content acc. (typical)"),
 )
 CELL = 64  # pixels per sample in the grid (32 px images upscaled 2x, nearest)
 
@@ -58,11 +59,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for system, label in results["systems"].items():
         cells = [_cell(summary[system].get(split, {}).get(metric)) for split, metric, _ in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _interval_lines(results)
     ref = results["reference"]
     lines += ["", "Reference (oracle on test images, not generated):", ""]
     for name, label in (
         ("real_test_images", "real images"),
-        ("autoencoder_reconstructions", "VAE reconstructions"),
+        ("autoencoder_reconstructions", "codec round trip"),
     ):
         r = ref[name]
         lines.append(
@@ -79,6 +81,32 @@ def markdown_table(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(results: dict[str, Any]) -> list[str]:
+    """The 95% intervals (seeds and pairs resampled) and each row against the row it starts from."""
+    rows = results.get("intervals") or {}
+    if not rows:
+        return []
+    lines = [
+        "",
+        "95% intervals on unusual pairs (bootstrap over seeds and pairs); joint accuracy against the row "
+        "each system starts from, paired image by image on the same noise:",
+        "",
+        "| System | Emotion acc. | Content acc. | Joint acc. | Joint acc. vs. start |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for system, label in results["systems"].items():
+        row = rows[system]
+        cells = [
+            f"{100 * row[m]['mean']:.1f} [{100 * row[m]['lo']:.1f}, {100 * row[m]['hi']:.1f}]"
+            for m in ("emotion_acc", "content_acc", "joint_acc")
+        ]
+        vs = row.get("joint_vs_start")
+        start = results["systems"].get(vs["start"], vs["start"]) if vs else ""
+        words = vs["verdict"].replace(vs["start"], start) if vs else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {words} |")
+    return lines
 
 
 def _chance(summary: dict[str, Any]) -> str:

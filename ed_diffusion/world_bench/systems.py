@@ -9,33 +9,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from ed_common.emotions import EMOTION_NAMES
+from ed_common.emotions import EMOTION_NAMES, Emotion
 from ed_diffusion.world.dataset import WorldPaths
 from ed_diffusion.world_bench.layout import ADAPTER_FILES, BANK_FILE, ENCODERS_DIR, PIPELINE_DIR, SYSTEMS
-from ed_diffusion.world_bench.metrics import eval_pairs, metrics_by_split
+from ed_diffusion.world_bench.metrics import (
+    check_pairs,
+    eval_pairs,
+    held_out_pairs,
+    image_outcomes,
+    metrics_by_split,
+    score_targets,
+)
 
 
 def train_systems(
-    seed: int, cfg: Any, world: WorldPaths, vae_dir: Path, seed_dir: Path, relay: Any
+    seed: int, cfg: Any, world: WorldPaths, base_dir: Path, seed_dir: Path, relay: Any
 ) -> dict[str, Any]:
-    """Train, sample and score every system of ``seed``; the weights land in ``seed_dir``.
+    """Train, sample and score every system of ``seed`` on the shared base; the weights land in ``seed_dir``.
 
     Returns:
         ``{"seed", "systems": {system: {"unusual": metrics, "typical": metrics}}, "training", "timings_s"}``.
     """
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers import StableDiffusionPipeline
 
     from ed_diffusion.adapter_file import save_adapter
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
     from ed_diffusion.models.adapter import install_emotion_adapter, set_emotion_scale
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
     from ed_diffusion.world.splits import load_split
-    from ed_diffusion.world_bench.model import (
-        WorldModelConfig,
-        assemble_pipeline,
-        build_world_tokenizer,
-        save_pretrained_atomic,
-    )
+    from ed_diffusion.world_bench.model import copy_dir_atomic
     from ed_diffusion.world_bench.sampling import build_world_bank, sample_images
     from ed_diffusion.world_bench.train import (
         AdapterHyper,
@@ -45,7 +47,6 @@ def train_systems(
         emotional_caption,
         encode_latents,
         load_adapter_state,
-        pretrain_base,
         train_adapter,
         vp_preference,
     )
@@ -63,31 +64,13 @@ def train_systems(
         return lambda n: relay(n, f"seed {seed}: {stage}")
 
     train, test = load_split(world, "train"), load_split(world, "test")
-    vae = AutoencoderKL.from_pretrained(vae_dir)
-    vae.eval().requires_grad_(False)
+    base = StableDiffusionPipeline.from_pretrained(base_dir, local_files_only=True)  # type: ignore[no-untyped-call]
+    vae, tokenizer = base.vae, base.tokenizer
+    unet, text_encoder = base.unet.requires_grad_(False), base.text_encoder.requires_grad_(False)
     train.latents, test.latents = encode_latents(vae, train.pixels), encode_latents(vae, test.pixels)
-    tokenizer = build_world_tokenizer()
-    mcfg = WorldModelConfig()
     pipe_dir = seed_dir / PIPELINE_DIR
-    if (pipe_dir / "model_index.json").is_file():
-        # A killed run left a finished base model: reuse it (the adapters are cheap to redo).
-        from diffusers import StableDiffusionPipeline
-
-        base = StableDiffusionPipeline.from_pretrained(pipe_dir, local_files_only=True)  # type: ignore[no-untyped-call]
-        unet, text_encoder = base.unet.requires_grad_(False), base.text_encoder.requires_grad_(False)
-        relay(cfg.base_steps, f"seed {seed}: base model (reused)")
-    else:
-        unet, text_encoder = pretrain_base(
-            train,
-            mcfg,
-            tokenizer,
-            steps=cfg.base_steps,
-            seed=seed,
-            batch=cfg.batch,
-            lr=cfg.base_lr,
-            on_step=stepper("base model"),
-        )
-        save_pretrained_atomic(assemble_pipeline(vae, text_encoder, unet), pipe_dir)
+    if not (pipe_dir / "model_index.json").is_file():  # the seed's copy, so each seed dir is a whole model
+        copy_dir_atomic(base_dir, pipe_dir)
     lap("base")
     enc_dir = ensure_tiny_encoders_dir(seed_dir.parent / ENCODERS_DIR)
     encoders = FeatureEncoders.from_pretrained(enc_dir / "text", enc_dir / "image")
@@ -105,6 +88,36 @@ def train_systems(
     def hyper(steps: int, lr: float) -> AdapterHyper:
         return AdapterHyper(steps=steps, batch=cfg.batch, lr=lr, beta=cfg.beta)
 
+    # Early stopping scores joint accuracy on pairs and noise the evaluation never draws with: another
+    # caption template, its own noise seeds, and none of the held-out pairs.
+    check_targets = check_pairs()
+    check_prompts = [emotional_caption(f"a picture of a {c}", e) for c, e in check_targets]
+    check_seeds = [seed * 100_003 + 50_000 + i for i in range(len(check_targets))]
+    check_tokens = tokens[torch.tensor([e.label_index for _, e in check_targets])]
+
+    def check() -> float:
+        images = sample_images(
+            unet,
+            vae,
+            text,
+            check_prompts,
+            check_tokens,
+            seeds=check_seeds,
+            steps=cfg.sample_steps,
+            guidance=cfg.guidance,
+        )
+        return float(np.mean([s.emotion_ok and s.content_ok for s in score_targets(images, check_targets)]))
+
+    held_out = set(held_out_pairs())
+    allowed = torch.tensor(
+        [
+            i
+            for i, (c, e) in enumerate(zip(train.contents, train.emotions.tolist(), strict=True))
+            if (c, Emotion.from_index(int(e))) not in held_out
+        ]
+    )
+    stop = {"check": check, "check_every": cfg.check_every} if cfg.check_every else {}
+
     histories = {
         "vp_sft": train_adapter(
             "sft",
@@ -115,6 +128,7 @@ def train_systems(
             hyper(cfg.sft_steps, cfg.adapter_lr),
             seed=seed,
             on_step=stepper("VP SFT"),
+            **stop,
         )
     }
     states = {"vp_sft": adapter_state(unet)}
@@ -131,6 +145,8 @@ def train_systems(
             hyper(cfg.dpo_steps, cfg.dpo_lr),
             seed=seed,
             on_step=stepper(stage.replace("_", " ")),
+            rows_allowed=allowed,
+            **stop,
         )
         states[system] = adapter_state(unet)
         lap(stage)
@@ -168,7 +184,12 @@ def train_systems(
             guidance=cfg.guidance,
         )
         np.savez_compressed(seed_dir / f"samples_{system}.npz", images=images)
-        systems[system] = metrics_by_split(images, pairs)
+        scores = score_targets(images, [(c, e) for c, e, _, _ in pairs])
+        systems[system] = metrics_by_split(images, pairs, scores=scores) | {"images": image_outcomes(scores)}
+        kept = [i for i, (c, e, split, _) in enumerate(pairs) if split == "unusual" and (c, e) in held_out]
+        systems[system]["held_out"] = metrics_by_split(
+            images[kept], [(c, e, "held_out", k) for c, e, _, k in (pairs[i] for i in kept)]
+        )["held_out"]
         if system != "text_only":
             systems[system]["unusual"] |= vp_preference(unet, test, text, tokens, seed=seed)
         relay(1, f"seed {seed}: sampling")
@@ -183,12 +204,21 @@ def train_systems(
     }
 
 
-def _curve(history: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean metrics over the first and the last tenth of a stage (does the objective move?)."""
+def _curve(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean metrics over the first and the last tenth of a stage (does the objective move?), and the
+    held-out checks of early stopping (each score, and the step whose weights the stage kept)."""
+    checks = [r for r in history if "check" in r]
+    kept = next((r for r in history if "check_best" in r), None)
+    history = [r for r in history if "check" not in r and "check_best" not in r]
     k = max(1, len(history) // 10)
     keys = sorted({key for row in history for key in row if key != "step"})
 
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
         return {key: round(float(np.mean([r[key] for r in rows if key in r])), 6) for key in keys}
 
-    return {"first": mean(history[:k]), "last": mean(history[-k:]), "steps": {"n": len(history)}}
+    out: dict[str, Any] = {"first": mean(history[:k]), "last": mean(history[-k:])}
+    out["steps"] = {"n": len(history)}
+    if kept is not None:
+        out["checks"] = {str(int(r["step"])): round(r["check"], 6) for r in checks}
+        out["kept"] = {"step": kept["check_best_step"], "check": round(kept["check_best"], 6)}
+    return out

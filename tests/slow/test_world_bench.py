@@ -21,9 +21,9 @@ from ed_diffusion.world_bench.train import (
     AdapterHyper,
     TextCache,
     encode_latents,
+    fit_codec,
     pretrain_base,
     train_adapter,
-    train_vae,
     vp_preference,
 )
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "n_train": 160,
     "n_test": 24,
-    "vae_steps": 3,
+    "check_every": 1,
     "base_steps": 3,
     "sft_steps": 2,
     "dpo_steps": 2,
@@ -51,7 +51,13 @@ def test_bench_runs_two_seeds_in_two_processes_and_resumes_without_redoing_them(
         seen[what] = seen.get(what, 0) + n
 
     results = run_bench(out, cfg, progress=progress)
-    assert sum(seen.values()) == cfg.vae_steps + 2 * cfg.steps_per_seed()  # the CLI's bar total is exact
+    assert sum(seen.values()) == cfg.base_steps + 2 * cfg.steps_per_seed()  # the CLI's bar total is exact
+    assert (out / "base" / "model_index.json").is_file()  # one base model, shared by both seeds
+    assert set(results["intervals"]) == set(SYSTEMS)
+    verdict = results["intervals"]["vp_dpo"]["joint_vs_start"]["verdict"]
+    assert verdict.startswith(("beats", "loses", "no clear difference"))
+    kept = results["seeds"][0]["training"]["vp_dpo"]["kept"]
+    assert 0 <= kept["step"] <= cfg.dpo_steps  # early stopping chose one of the checked states
     assert [s["seed"] for s in results["seeds"]] == [0, 1]
     for system in SYSTEMS:
         for metric in ("emotion_acc", "content_acc", "joint_acc", "shortcut_rate"):
@@ -80,11 +86,11 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, objec
     paths = make_world(root / "w", n_train=320, n_test=64, seed=5)
     train, test = load_split(paths, "train"), load_split(paths, "test")
     cfg = WorldModelConfig()
-    vae = train_vae(train.pixels, cfg, steps=20, seed=0, batch=16)
+    vae = fit_codec(train.pixels, cfg)
     train.latents, test.latents = encode_latents(vae, train.pixels), encode_latents(vae, test.pixels)
     from ed_diffusion.world_bench.model import build_world_tokenizer
 
-    tokenizer = build_world_tokenizer()
+    tokenizer = build_world_tokenizer(cfg.text_tokens)
     unet, text_encoder = pretrain_base(train, cfg, tokenizer, steps=30, seed=0, batch=16)
     return train, test, unet, TextCache(tokenizer, text_encoder), vae
 

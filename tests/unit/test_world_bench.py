@@ -166,12 +166,12 @@ def test_metrics_by_split_is_the_mean_of_score_targets_per_split() -> None:
             assert by_split[split][metric] == float(np.mean([m[metric] for m in mine]))
 
 
-def test_steps_to_run_leaves_out_a_trained_autoencoder_and_finished_seeds(tmp_path: Path) -> None:
+def test_steps_to_run_leaves_out_a_trained_base_model_and_finished_seeds(tmp_path: Path) -> None:
     cfg = BenchConfig.quick(seeds=(0, 1))
     assert seeds_to_run(tmp_path, cfg) == [0, 1]
-    assert steps_to_run(tmp_path, cfg) == cfg.vae_steps + 2 * cfg.steps_per_seed()
-    (tmp_path / "vae").mkdir()
-    (tmp_path / "vae" / "config.json").write_text("{}")
+    assert steps_to_run(tmp_path, cfg) == cfg.base_steps + 2 * cfg.steps_per_seed()
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model_index.json").write_text("{}")
     (tmp_path / "seed0").mkdir()
     (tmp_path / "seed0" / "result.json").write_text("{}")
     assert seeds_to_run(tmp_path, cfg) == [1]
