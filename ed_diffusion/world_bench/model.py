@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -184,28 +185,25 @@ def assemble_pipeline(
 
 
 def save_pretrained_atomic(model: Any, target: Path) -> Path:
-    """``model.save_pretrained`` (safetensors) into ``target``, replacing it.
-
-    Written to a temporary sibling and renamed, so a crash leaves the previous directory (or none), never half
-    of one; the temporary directory is removed on failure.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """``model.save_pretrained`` (safetensors) into ``target``, replacing it (``write_dir_atomic``)."""
+    return write_dir_atomic(target, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
 def copy_dir_atomic(source: Path, target: Path) -> Path:
-    """Copy the directory ``source`` to ``target`` (a temporary sibling, then a rename: whole or absent)."""
+    """Copy the directory ``source`` to ``target``, replacing it (``write_dir_atomic``)."""
+    return write_dir_atomic(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+
+
+def write_dir_atomic(target: Path, fill: Callable[[Path], object]) -> Path:
+    """Let ``fill`` write a temporary sibling of ``target``, then rename it to ``target``.
+
+    A crash leaves the previous directory (or none), never half of one; the temporary directory is removed on
+    failure.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
