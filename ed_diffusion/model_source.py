@@ -3,6 +3,7 @@ at run time), checked before any work starts and loaded with one-line errors tha
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,8 @@ _NEEDED = ("model_index.json", "unet", "vae")
 # diffusers imports the library each component of model_index.json names: a model directory is data, so it
 # may name only these, or one of diffusers' own pipeline modules (SD 1.5 names "stable_diffusion" for its
 # safety checker). The world model's pixel codec is ours.
-ALLOWED_LIBRARIES = frozenset({"diffusers", "transformers", "ed_diffusion.world_bench.codec"})
+OUR_LIBRARIES = frozenset({"ed_diffusion.world_bench.codec"})
+ALLOWED_LIBRARIES = frozenset({"diffusers", "transformers"}) | OUR_LIBRARIES
 _MAX_INDEX_BYTES = 1_000_000
 
 
@@ -63,6 +65,9 @@ def check_diffusers_model(model: str, what: str = "model") -> None:
 def check_model_index(path: Path, what: str) -> None:
     """Refuse a ``model_index.json`` that names a library outside ``ALLOWED_LIBRARIES`` (or is not JSON).
 
+    Our own libraries it names are imported here: diffusers loads a component only from a module already
+    imported (it never imports one itself), and these are on our allowlist.
+
     Raises:
         ModelMissingError: naming the component, the library and what is allowed.
     """
@@ -82,6 +87,8 @@ def check_model_index(path: Path, what: str) -> None:
                 f"{what}: component {name!r} names the library {entry[0]!r}; allowed: "
                 f"{', '.join(sorted(ALLOWED_LIBRARIES))} (a model directory never chooses code to run)"
             )
+        if entry[0] in OUR_LIBRARIES:
+            importlib.import_module(entry[0])
 
 
 def _allowed_library(name: object) -> bool:

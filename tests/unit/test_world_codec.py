@@ -104,3 +104,24 @@ def test_diffusers_own_pipeline_modules_are_allowed_as_sd15_names_them(tmp_path:
     }
     (model / "model_index.json").write_text(json.dumps(index))
     check_diffusers_model(str(model))
+
+
+def test_a_fresh_process_loads_a_codec_pipeline_through_the_model_loader(tmp_path: Path) -> None:
+    # diffusers only loads components from modules already imported: the loader must import our codec.
+    import subprocess
+    import sys
+
+    from ed_common.settings import REPO_ROOT
+
+    _pipeline(PixelShuffleAutoencoder()).save_pretrained(tmp_path / "p", safe_serialization=True)  # type: ignore[attr-defined]
+    code = (
+        "import sys; from diffusers import StableDiffusionPipeline;"
+        "from ed_diffusion.model_source import load_diffusers_pipeline;"
+        f"p = load_diffusers_pipeline(StableDiffusionPipeline, {str(tmp_path / 'p')!r});"
+        "print(type(p.vae).__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("PixelShuffleAutoencoder")
