@@ -17,7 +17,7 @@ render nodes, so agent-only runs never import torch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -86,7 +86,7 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     g.add_node("accept_request", accept_request)
     g.add_node("understand_request", understand_request)
     # The persona node takes a Send payload (PersonaTask), not the state; the overloads cannot say so.
-    g.add_node("react_as_persona", react_as_persona, input_schema=PersonaTask)  # type: ignore[call-overload]
+    g.add_node("react_as_persona", cast(Any, react_as_persona), input_schema=PersonaTask)
     g.add_node("expand_concepts", expand_concepts)
     g.add_node("extract_anchors", extract_anchors)
     g.add_node("write_consensus", write_consensus)
