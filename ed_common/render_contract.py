@@ -26,7 +26,6 @@ from ed_common.errors import InvalidInputError, validation_line
 from ed_common.limits import MAX_SEED
 
 NegativeVP = Literal["none", "opposite", "confusable"]
-NEGATIVE_VP_CHOICES: tuple[str, ...] = ("none", "opposite", "confusable")
 
 # An emotion field accepts a name in any case ("Fear ") and stores the Emotion: parsed here, trusted after.
 EmotionField = Annotated[Emotion, BeforeValidator(parse_emotion)]

@@ -38,13 +38,18 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     Returns:
         A 514-token ``CLIPTokenizer`` with ``model_max_length`` 77.
     """
+    return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
+
+
+def byte_vocab() -> dict[str, int]:
+    """CLIP's two specials, every byte, every end-of-word byte: the byte fallback of our tokenizers."""
     chars = list(bytes_to_unicode().values())
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in chars:
         vocab.setdefault(c, len(vocab))
     for c in chars:
         vocab.setdefault(c + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return vocab
 
 
 def _text_config(vocab_size: int) -> CLIPTextConfig:

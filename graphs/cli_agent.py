@@ -22,7 +22,7 @@ from ed_common.cli_io import err, out, settings_of
 from ed_common.emotions import EMOTION_NAMES, Emotion, parse_emotion
 from ed_common.errors import EmodirError, InvalidInputError, OutputExistsError
 from ed_common.paths import check_writable
-from ed_common.render_contract import RenderOptions, checked
+from ed_common.render_contract import MAX_IMAGES, RenderOptions, checked
 from ed_common.settings import Settings
 from ed_common.text import esc
 
@@ -401,8 +401,8 @@ class ChatRepl:
         if not arg.strip().isdigit() and arg.strip():
             raise InvalidInputError(f"/render {arg!r}: give a number of images, e.g. /render 4")
         n = int(arg) if arg.strip() else 4
-        if not 1 <= n <= 64:
-            raise InvalidInputError(f"/render {n}: allowed 1..64 images")
+        if not 1 <= n <= MAX_IMAGES:
+            raise InvalidInputError(f"/render {n}: allowed 1..{MAX_IMAGES} images")
         if self.session.context.renderer is None:
             self.session.context = replace(self.session.context, renderer=_renderer(self.settings))
         # Checked: seed + n may pass the last seed.

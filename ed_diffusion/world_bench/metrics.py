@@ -125,18 +125,15 @@ def metrics_by_split(
     """
     if scores is None:
         scores = score_targets(images, [(content, emotion) for content, emotion, _, _ in pairs], spec)
-    per: dict[str, list[dict[str, float]]] = {}
-    for score, (_, _, split, _) in zip(scores, pairs, strict=True):
-        per.setdefault(split, []).append(score.metrics())
     by_split: dict[str, list[TargetScore]] = {}
     for score, (_, _, split, _) in zip(scores, pairs, strict=True):
         by_split.setdefault(split, []).append(score)
-    return {
-        split: {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-        | leakage(by_split[split])
-        | {"n": len(rows)}
-        for split, rows in per.items()
-    }
+    out = {}
+    for split, group in by_split.items():
+        rows = [s.metrics() for s in group]
+        means = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+        out[split] = means | leakage(group) | {"n": len(rows)}
+    return out
 
 
 def leakage(scores: Sequence[TargetScore]) -> dict[str, float]:

@@ -26,9 +26,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ed_common.byte_alphabet import bytes_to_unicode
 from ed_common.emotions import EMOTION_NAMES
-from ed_diffusion.tiny_models import TEXT_HIDDEN, _text_config
+from ed_diffusion.tiny_models import TEXT_HIDDEN, _text_config, byte_vocab
 from ed_diffusion.world_bench.codec import PixelShuffleAutoencoder
 
 # SD 1.5's noise schedule, so the world model samples with the same scheduler code as the real one.
@@ -94,12 +93,7 @@ def build_world_tokenizer(max_tokens: int = WorldModelConfig.text_tokens) -> CLI
     a CPU budget read "fear" as one symbol instead of composing it from four characters. Merges are added
     longest word first; every world word encodes to exactly one token (tested).
     """
-    chars = list(bytes_to_unicode().values())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
+    vocab = byte_vocab()
     merges: list[tuple[str, str]] = []
     for word in sorted(world_words(), key=lambda w: (-len(w), w)):
         parts = [*word[:-1], word[-1] + "</w>"]

@@ -188,7 +188,9 @@ def train_systems(
         systems[system] = metrics_by_split(images, pairs, scores=scores) | {"images": image_outcomes(scores)}
         kept = [i for i, (c, e, split, _) in enumerate(pairs) if split == "unusual" and (c, e) in held_out]
         systems[system]["held_out"] = metrics_by_split(
-            images[kept], [(c, e, "held_out", k) for c, e, _, k in (pairs[i] for i in kept)]
+            images[kept],
+            [(c, e, "held_out", k) for c, e, _, k in (pairs[i] for i in kept)],
+            scores=[scores[i] for i in kept],  # already read: not through the oracle twice
         )["held_out"]
         if system != "text_only":
             systems[system]["unusual"] |= vp_preference(unet, test, text, tokens, seed=seed)
