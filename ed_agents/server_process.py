@@ -254,7 +254,8 @@ def _validate(cfg: ServerConfig) -> None:
 def _require_python(cfg: ServerConfig) -> None:
     if not cfg.python.is_file():
         raise ServerError(
-            f"the server environment is missing: {cfg.python} does not exist; `make setup` builds it"
+            f"the server environment is missing: {cfg.python} does not exist; `emodir llm setup` builds it "
+            "(in a source checkout: `make setup`)"
         )
 
 

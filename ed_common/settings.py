@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ed_common import bundled
 from ed_common.errors import InvalidInputError
 from ed_common.limits import MAX_SEED
 from ed_common.text import short_repr
@@ -61,7 +62,11 @@ class Settings(BaseSettings):
     llm_serve_model: str | None = Field(
         None, description="Hub id or path to serve; unset = embedded SmolLM2."
     )
-    llm_server_python: Path = Field(REPO_ROOT / ".venv-vllm" / "bin" / "python")
+    llm_server_python: Path | None = Field(
+        None,
+        description="Python of the LLM server's environment; unset = `.venv-vllm` in a source checkout, "
+        "else <data_dir>/venv-vllm (`emodir llm setup` builds it).",
+    )
     llm_start_timeout_s: float = Field(600.0, gt=0)
     autostart: bool = Field(True, description="Start the embedded server when none is configured/running.")
 
@@ -69,7 +74,7 @@ class Settings(BaseSettings):
     n_personas: int = Field(4, ge=1, le=16)
     personas: tuple[str, ...] | None = Field(None, description="Explicit persona ids; unset = sampled.")
     max_prompt_tokens: int = Field(60, ge=1, le=75, description="CLIP tokens allowed in the user's prompt.")
-    prompts_dir: Path = REPO_ROOT / "prompts"
+    prompts_dir: Path = Field(default_factory=bundled.prompts_dir, description="Persona and task prompts.")
 
     # --- MC-Diffusion (`emodir generate`) ---
     preset: Literal["tiny", "world", "sd15", "sdxl"] = Field("tiny", description="Diffusion preset.")
@@ -129,6 +134,20 @@ class Settings(BaseSettings):
     def uses_embedded_server(self) -> bool:
         """True when no URL was configured, so the embedded server may be started on demand."""
         return self.llm_base_url is None
+
+    @property
+    def server_env(self) -> Path:
+        """The LLM server's virtual environment (``llm_server_python``'s, or the default one)."""
+        if self.llm_server_python is not None:
+            return self.llm_server_python.parent.parent
+        return bundled.default_server_env(self.data_dir)
+
+    @property
+    def server_python(self) -> Path:
+        """The interpreter the local LLM server runs in."""
+        if self.llm_server_python is not None:
+            return self.llm_server_python
+        return self.server_env / "bin" / "python"
 
     @property
     def sessions_db(self) -> Path:

@@ -31,7 +31,7 @@ from evals.shards import (
     rank_device,
     read_records,
 )
-from evals.suite import Suite, load_suite, run_identity
+from evals.suite import Suite, load_suite, resolve_suite_path, run_identity
 from evals.tables import TableData, build_tables, compare_tables, key_table, to_markdown
 
 eval_app = typer.Typer(
@@ -76,7 +76,10 @@ def _rich_table(t: TableData) -> Table:
 @eval_app.command("run")
 def eval_run(
     ctx: typer.Context,
-    suite_file: Annotated[Path, typer.Argument(help="Suite YAML, e.g. evals/suites/smoke.yaml.")],
+    suite_file: Annotated[
+        Path,
+        typer.Argument(help="Suite YAML, or a shipped suite's name: smoke, counter-stereotype, ..."),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (new or empty; default: a new one in runs/).")
     ] = None,
@@ -108,6 +111,7 @@ def eval_run(
     from evals.runner import check_out_dir, run_suite
     from evals.systems import make_context_factory, needs_llm, validate_suite
 
+    suite_file = resolve_suite_path(suite_file)
     suite = load_suite(suite_file)
     if agents_only:  # part of the run's identity, so a resume must say it again
         suite = suite.model_copy(update={"images_per_prompt": 0})

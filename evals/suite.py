@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ed_agents.errors import InvalidInputError
+from ed_common import bundled
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import validation_line
 from ed_common.limits import MAX_SEED
@@ -272,6 +273,23 @@ class Suite(_Strict):
         )
         data["settings"] = self.settings
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resolve_suite_path(arg: Path) -> Path:
+    """A suite file as given, or a shipped suite by name (``smoke`` -> ``evals/suites/smoke.yaml``).
+
+    A path that exists always wins, so a local file named like a shipped suite is the one read.
+
+    Raises:
+        InvalidInputError: neither a file nor the name of a shipped suite (the message lists the names).
+    """
+    if arg.exists() or len(arg.parts) != 1:
+        return arg
+    shipped = bundled.bundled_suite(arg.name)
+    if shipped is not None:
+        return shipped
+    names = ", ".join(bundled.suite_names())
+    raise InvalidInputError(f"suite {arg}: no such file, and not a shipped suite (shipped: {names})")
 
 
 def load_suite(path: Path) -> Suite:

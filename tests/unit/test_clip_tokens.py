@@ -108,4 +108,4 @@ def test_missing_vocab_is_a_clear_error(tmp_path: Path) -> None:
         ClipTokenCounter(missing)
     assert isinstance(info.value, EmodirError)
     assert str(missing) in str(info.value)
-    assert "pip install --no-deps open-clip-torch" in str(info.value)
+    assert "reinstall emotion-director" in str(info.value)
