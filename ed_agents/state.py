@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Annotated, Any, Literal, Required, TypedDict, get_origin
+from typing import Annotated, Any, Literal, Required, get_origin
 
 from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import TypedDict
 
 from ed_common.emotions import Emotion
 from ed_common.text import strip_control

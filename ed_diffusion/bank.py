@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -193,6 +193,20 @@ class BankMetadata:
     max_iter: int
     format_version: int = BANK_FORMAT_VERSION
 
+    def resolved_against(self, folder: Path) -> BankMetadata:
+        """Encoder ids recorded relative to the bank's folder (a bank shipped beside its encoders) as paths.
+
+        A hub id (``openai/clip-vit-large-patch14``) stays as it is unless that folder exists beside the bank.
+        """
+        def resolve(value: str) -> str:
+            beside = folder / value
+            return str(beside) if value and not Path(value).is_absolute() and beside.is_dir() else value
+
+        text, image = resolve(self.text_encoder), resolve(self.image_encoder)
+        if (text, image) == (self.text_encoder, self.image_encoder):
+            return self
+        return replace(self, text_encoder=text, image_encoder=image)
+
     def to_header(self) -> dict[str, str]:
         """The safetensors metadata: ``format`` plus every field JSON-encoded (safetensors wants strings)."""
         header = {"format": BANK_FORMAT}
@@ -347,7 +361,7 @@ class VisualPromptBank:
                 header = fh.metadata() or {}
                 names = set(fh.keys())
                 missing = [n for n in _TENSOR_NAMES if n not in names]
-                metadata = BankMetadata.from_header(header, str(p))
+                metadata = BankMetadata.from_header(header, str(p)).resolved_against(p.resolve().parent)
                 if missing:
                     raise BankError(
                         f"{p}: missing tensor(s) {', '.join(missing)}; a bank has {', '.join(_TENSOR_NAMES)}"

@@ -2,9 +2,9 @@
 
 ``MCDiffusion`` loads its components once per process (``get_renderer`` caches it), retrieves the visual
 prompt for a (prompt, emotion) from the bank, and renders with the stock ``StableDiffusion(XL)Pipeline``,
-passing the bank tokens as ``ip_adapter_image_embeds`` (the adapter in ``models/adapter.py`` turns them into
-decoupled cross-attention). Images are written atomically as PNGs; the result holds paths and metadata, not
-PIL images.
+through ``emotion_pipeline.EmotionPipeline`` (the diffusers-native layer: bank tokens as
+``ip_adapter_image_embeds``, the request's images in batched calls). This layer adds the files: PNGs
+written atomically, a contact sheet, paths and metadata in the result.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ed_common.emotions import Emotion, parse_emotion
+from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
 from ed_common.hashing import file_sha256
 from ed_common.render_contract import (
@@ -34,6 +34,10 @@ from ed_diffusion.model_source import ModelMissingError, load_diffusers_pipeline
 from ed_diffusion.presets import PresetSpec
 
 log = logging.getLogger(__name__)
+
+# Images per pipeline call: a batch is several times faster per image on a GPU, but its activations grow with
+# it (eight 1024 px SDXL images under guidance fit a 24 GB card in bf16); larger requests run in chunks.
+MAX_BATCH = 8
 
 
 def pick_device(device: str | None) -> str:
@@ -101,6 +105,7 @@ class MCDiffusion:
         self._render_lock = threading.Lock()
         self._loaded = False
         self.pipe: Any = None
+        self.emotion: Any = None  # the EmotionPipeline over ``pipe`` (emotion_pipeline.py)
         self.bank: VisualPromptBank | None = None
         self.encoders: Any = None
         self.load_seconds = 0.0
@@ -120,10 +125,7 @@ class MCDiffusion:
             start = time.perf_counter()
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-            from ed_diffusion.adapter_file import load_adapter
-            from ed_diffusion.encoders import FeatureEncoders
-            from ed_diffusion.models.adapter import install_emotion_adapter
-            from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
+            from ed_diffusion.emotion_pipeline import load_emotion_adapter
 
             p = self.preset
             bank = VisualPromptBank.load(_existing(p.bank, "visual-prompt bank"))
@@ -131,30 +133,20 @@ class MCDiffusion:
             pipe = _load_pipeline(cls, p.model, self.dtype)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
-            unet = pipe.unet
-            if p.adapter is not None:
-                info = load_adapter(_existing(p.adapter, "adapter weights"), unet)
-                bank.check_compatible(info.projector_config.in_dim)
-            else:
-                # No trained adapter: a fresh one (projector random, to_k_ip/to_v_ip copied from the UNet).
+            if p.adapter is None:
                 log.warning(
                     "no adapter weights for preset %s: using a fresh, untrained adapter (train one with "
                     "`emodir train`, or pass --vp-scale 0 for the text-only baseline)",
                     p.name,
                 )
-                config = EmotionTokenProjectorConfig(in_dim=bank.d_v, out_dim=unet.config.cross_attention_dim)
-                install_emotion_adapter(unet, EmotionTokenProjector(config), num_tokens=4)
-            meta = bank.metadata
-            text_id, image_id = meta.text_encoder, meta.image_encoder
-            if p.encoders is not None:  # the bank was built elsewhere (e.g. in a temp dir that was renamed)
-                text_id, image_id = str(Path(p.encoders) / "text"), str(Path(p.encoders) / "image")
-            self.encoders = FeatureEncoders.from_pretrained(
-                text_id,
-                image_id,
-                kind="dino" if meta.image_kind == "dino" else "clip",
-                device=self.device,
+            # The bank was built elsewhere (e.g. in a temp dir that was renamed): the preset says where.
+            self.emotion = load_emotion_adapter(
+                pipe,
+                bank=bank,
+                adapter=_existing(p.adapter, "adapter weights") if p.adapter is not None else None,
+                encoders=p.encoders,
             )
-            self.pipe, self.bank = pipe, bank
+            self.pipe, self.bank, self.encoders = pipe, bank, self.emotion.encoders
             self._description = self._describe()  # bank/adapter files can be large: hash them once
             self.load_seconds = time.perf_counter() - start
             self._loaded = True
@@ -165,34 +157,10 @@ class MCDiffusion:
     ) -> VisualPromptChoice:
         """Encode ``prompt`` with the bank's CLIP text encoder and take the emotion's top-k clusters."""
         self.load()
-        assert self.bank is not None
-        target = parse_emotion(emotion)
-        query = self.encoders.encode_text([prompt])[0]  # [d_t]
-        hit = self.bank.retrieve(query, target, k=top_k)
-        negative: dict[str, Any] = {}
-        if negative_vp != "none":
-            neg = self.bank.retrieve_negative(query, target, k=top_k, strategy=negative_vp)
-            negative = {"negative_emotion": neg.emotions[0], "negative_indices": neg.indices[0].tolist()}
-        return VisualPromptChoice(
-            emotion=target,
-            indices=hit.indices[0].tolist(),
-            scores=[round(float(s), 6) for s in hit.scores[0]],
-            **negative,
+        choice: VisualPromptChoice = self.emotion.retrieve(
+            prompt, emotion, top_k=top_k, negative_vp=negative_vp
         )
-
-    def tokens_for(self, choice: VisualPromptChoice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positive, negative) visual tokens ``[1, 1, k, d_v]`` for ``ip_adapter_image_embeds``.
-
-        The negative is the negative emotion's clusters if chosen, else zeros (IP-Adapter's unconditional).
-        """
-        assert self.bank is not None
-        centres = self.bank.visual_centres  # [E, L, d_v]
-        pos = centres[choice.emotion.label_index, choice.indices]  # [k, d_v]
-        if choice.negative_emotion is not None:
-            neg = centres[choice.negative_emotion.label_index, choice.negative_indices]  # [k, d_v]
-        else:
-            neg = torch.zeros_like(pos)
-        return pos[None, None], neg[None, None]  # [1, 1, k, d_v] each
+        return choice
 
     # ------------------------------------------------------------------ render
     def render(self, request: RenderRequest | Mapping[str, Any]) -> RenderResult:
@@ -211,39 +179,37 @@ class MCDiffusion:
             return self._render(request)
 
     def _render(self, request: RenderRequest) -> RenderResult:
-        from ed_diffusion.models.adapter import set_emotion_scale
-
         p = self.preset
-        choice = request.visual_prompt or self.retrieve(
-            request.prompt, request.emotion, top_k=request.top_k, negative_vp=request.negative_vp
-        )
-        pos, neg = self.tokens_for(choice)
-        set_emotion_scale(self.pipe.unet, request.vp_scale)
         steps = request.steps or p.steps
         guidance = p.guidance if request.guidance is None else request.guidance
-        # diffusers runs classifier-free guidance (chunking the embeds into neg, pos) only when guidance > 1.
-        pairs = [neg, pos] if guidance > 1.0 else [pos]
-        embeds = torch.cat(pairs).to(self.device, self.dtype)  # [2 or 1, 1, k, d_v]
         width, height = request.width or p.size, request.height or p.size
         request.out_dir.mkdir(parents=True, exist_ok=True)
         seeds = request.seeds
-        paths: list[Path] = []
-        images = []
         start = time.perf_counter()
-        for i, seed in enumerate(seeds):
-            generator = torch.Generator("cpu").manual_seed(seed)
-            image = self.pipe(
-                prompt=request.prompt,
+        choice = request.visual_prompt or self.emotion.retrieve(
+            request.prompt, request.emotion, top_k=request.top_k, negative_vp=request.negative_vp
+        )
+        images: list[Any] = []
+        paths: list[Path] = []
+        # Batched pipeline calls, one generator per image (emotion_pipeline.py), at most MAX_BATCH at once;
+        # each batch is written as soon as it is done, so an interruption keeps the finished ones.
+        for first in range(0, len(seeds), MAX_BATCH):
+            batch = seeds[first : first + MAX_BATCH]
+            done = self.emotion(
+                request.prompt,
+                request.emotion,
+                vp_scale=request.vp_scale,
+                visual_prompt=choice,
+                seeds=batch,
                 negative_prompt=request.negative_prompt or None,
-                ip_adapter_image_embeds=[embeds],
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 width=width,
                 height=height,
-                generator=generator,
-            ).images[0]
-            images.append(image)
-            paths.append(save_png_atomic(image, request.out_dir / f"image_{i:02d}_seed{seed}.png"))
+            ).images
+            for i, (image, seed) in enumerate(zip(done, batch, strict=True), start=first):
+                paths.append(save_png_atomic(image, request.out_dir / f"image_{i:02d}_seed{seed}.png"))
+            images += done
         render_s = time.perf_counter() - start
         sheet = None
         if len(images) > 1:

@@ -24,7 +24,8 @@ from ed_common.paths import check_writable
 from ed_common.settings import Settings, load_settings
 from ed_common.text import esc
 from evals.records import SampleRecord
-from evals.report import load_run
+from evals.report import load_run, run_differences
+from evals.report_html import comparison_html
 from evals.shards import (
     Shard,
     detect_shard,
@@ -227,7 +228,8 @@ def eval_report(
         list[Path], typer.Argument(help="Run directories; the first is the baseline for deltas.")
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the table as Markdown here (a new .md file).")
+        Path | None,
+        typer.Option("--out", help="Also write the tables here: a new .md (Markdown) or .html file."),
     ] = None,
     metrics: Annotated[
         str | None,
@@ -237,8 +239,8 @@ def eval_report(
 ) -> None:
     """Summarise one run, or compare runs side by side with deltas (merging unmerged shards first)."""
     if out is not None:  # before any work: a report must never replace what someone wrote
-        if out.suffix.lower() not in (".md", ".markdown"):
-            raise InvalidInputError(f"--out {out}: the table is written as Markdown; give a .md path")
+        if out.suffix.lower() not in (".md", ".markdown", ".html", ".htm"):
+            raise InvalidInputError(f"--out {out}: allowed a .md (Markdown) or .html file")
         check_writable(out, directory=False)  # first: --overwrite cannot help when --out is a directory
         if out.exists() and not overwrite:
             raise InvalidInputError(f"--out {out} already exists; pass --overwrite to replace it")
@@ -257,15 +259,24 @@ def eval_report(
         tables = build_tables(summaries[0])
     else:
         tables = [compare_tables(list(zip(labels, summaries, strict=True)), wanted)]
+    # Runs that differ in their samples or settings are not a like-for-like comparison: say so, loudly.
+    differences = run_differences(list(zip(labels, runs, strict=True))) if len(runs) > 1 else []
+    for line in differences:
+        err_console.print(f"[yellow]warning:[/] {esc(line)}", highlight=False)
     if out is not None:  # before printing: a failed write must not follow a screenful of table
-        _write_markdown(out, to_markdown(tables))
+        if out.suffix.lower() in (".html", ".htm"):
+            title = f"Eval comparison: {' vs '.join(labels)}" if len(runs) > 1 else f"Eval: {labels[0]}"
+            _write_markdown(out, comparison_html(title, tables, differences))
+        else:
+            notes = "".join(f"> **Runs differ:** {line}\n>\n" for line in differences)
+            _write_markdown(out, (notes + "\n" if notes else "") + to_markdown(tables))
     for t in tables:
         out_console.print(_rich_table(t))
     if out is not None:
         out_console.print(f"written {esc(str(out))}")
 
 
-def _write_markdown(out: Path, text: str) -> None:
+def _write_markdown(out: Path, text: str) -> None:  # Markdown or HTML: a text file either way
     """``text`` to ``out``, creating its directory as ``check_writable`` allowed.
 
     Raises:

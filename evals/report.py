@@ -10,6 +10,7 @@ from typing import Any
 
 from ed_common.atomic import write_json_atomic, write_text_atomic
 from ed_common.errors import InvalidInputError
+from ed_common.text import short_repr
 from evals.aggregate import SUMMARY_VERSION, ImageScorer, summarize
 from evals.records import SampleRecord
 from evals.report_html import chart_pngs, html_report, write_plots
@@ -98,3 +99,61 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
         return data
     log.warning("%s is damaged or of another version; scoring the samples again", path)
     return None
+
+
+# What makes two runs' numbers comparable: the same samples (prompts, emotions, seeds, images per prompt),
+# rendered and scored the same way, with the same settings and models. Paths and run times are left out.
+_COMPARED_SUITE_KEYS = ("prompts", "emotions", "seeds", "images_per_prompt", "render", "image_scoring")
+_IGNORED_SETTINGS = ("data_dir", "cache_dir", "runs_dir", "prompts_dir", "llm_server_python", "llm_api_key")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def run_differences(runs: list[tuple[str, Path]]) -> list[str]:
+    """What differs between each run and the first (the baseline), one short line each; [] = comparable.
+
+    Compares the suites' samples and render/scoring settings, the runs' settings, LLM model, diffusion model
+    and prompt files, as their manifests recorded them.
+    """
+
+    def facts(run: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads((run / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        suite = manifest.get("suite") or load_suite(run / "suite.yaml").model_dump(mode="json")
+        settings = {k: v for k, v in (manifest.get("settings") or {}).items() if k not in _IGNORED_SETTINGS}
+        diffusion = {
+            k: v
+            for k, v in (manifest.get("diffusion") or {}).items()
+            if k.endswith("sha256") or k in ("preset", "model")
+        }
+        return _flat(
+            {
+                "suite": {k: suite.get(k) for k in _COMPARED_SUITE_KEYS},
+                "settings": settings,
+                "llm_model": (manifest.get("llm") or {}).get("model"),
+                "diffusion": diffusion,
+                "prompt_files": {f["id"]: f["sha256"] for f in manifest.get("prompt_files") or []},
+            }
+        )
+
+    (base_label, base_run), *others = runs
+    base = facts(base_run)
+    lines = []
+    for label, run in others:
+        mine = facts(run)
+        keys = sorted(k for k in base.keys() | mine.keys() if base.get(k) != mine.get(k))
+        for key in keys[:8]:
+            now, was = short_repr(mine.get(key)), short_repr(base.get(key))
+            lines.append(f"{label} differs from {base_label} in {key}: {now} vs {was}")
+        if len(keys) > 8:
+            lines.append(f"{label} differs from {base_label} in {len(keys) - 8} more field(s)")
+    return lines

@@ -111,14 +111,20 @@ def _grid_html(records: Sequence[SampleRecord], out: Path, systems: Sequence[str
             for r in shown[:MAX_THUMBS]:
                 uri = _thumbnail(out / r.images[0])
                 if uri is not None:
+                    # The user's prompt and seed are printed under the image; the full final prompt (long)
+                    # is its tooltip and alt text.
                     tip = html.escape(f"{r.prompt} -> {r.final_prompt} (seed {r.seed})", quote=True)
-                    cells.append(f'<img src="{uri}" title="{tip}" alt="{tip}">')
+                    caption = html.escape(f"{r.prompt} · seed {r.seed}")
+                    cells.append(
+                        f'<figure><img src="{uri}" title="{tip}" alt="{tip}"><figcaption>{caption}'
+                        "</figcaption></figure>"
+                    )
             if cells:
                 rows.append(f"<tr><th>{html.escape(system)}</th><td>{''.join(cells)}</td></tr>")
         if rows:
             parts.append(f"<h3>{emotion.value}</h3>\n<table class='grid'>{''.join(rows)}</table>")
     return (
-        "<h2>Images (first image of up to 6 samples; hover for the prompts)</h2>\n" + "\n".join(parts)
+        "<h2>Images (first image of up to 6 samples; hover for the final prompts)</h2>\n" + "\n".join(parts)
         if parts
         else ""
     )
@@ -127,7 +133,20 @@ def _grid_html(records: Sequence[SampleRecord], out: Path, systems: Sequence[str
 _STYLE = """body{font-family:sans-serif;margin:24px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}
-table.grid img{margin:2px;image-rendering:pixelated;vertical-align:middle}.charts img{margin:4px}"""
+table.grid img{image-rendering:pixelated;display:block}.charts img{margin:4px}
+figure{display:inline-block;margin:2px 4px;vertical-align:top;max-width:140px}
+figcaption{font-size:11px;color:#555;overflow-wrap:anywhere}.warn{color:#a05a00}"""
+
+
+def comparison_html(title: str, tables: Sequence[TableData], warnings: Sequence[str]) -> str:
+    """``eval report A B --out cmp.html``: the comparison tables, with what differs between the runs first."""
+    notes = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in warnings)
+    caution = f"<h2>Runs differ</h2><ul>{notes}</ul>\n" if notes else ""
+    body = "\n".join(_table_html(t) for t in tables)
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{caution}{body}\n</body></html>\n"
+    )
 
 
 def html_report(

@@ -6,7 +6,9 @@ Plain functions; ``cli.py`` registers them as top-level commands.
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +45,7 @@ def _agent_context(
     autostart: bool,
     request: tuple[str, Emotion, tuple[str, ...] | None] | None = None,
     renderer_factory: Any = None,
+    more_requests: Sequence[tuple[str, Emotion]] = (),
     need_llm: bool = True,
 ) -> Any:
     """Validate the cheap things first (prompt files, the request), then make sure an LLM answers."""
@@ -58,6 +61,8 @@ def _agent_context(
         user_prompt, emotion, personas = request
         check_request(user_prompt, emotion, tokens, settings.max_prompt_tokens)
         select_personas(prompts.ids("persona"), personas, settings.n_personas, settings.seed)
+    for user_prompt, emotion in more_requests:  # every line of a --prompts file, before any work
+        check_request(user_prompt, emotion, tokens, settings.max_prompt_tokens)
     # Only after the cheap checks: loading a diffusion model or starting a server takes a while.
     renderer = renderer_factory() if renderer_factory is not None else None
     if need_llm:
@@ -188,8 +193,23 @@ def rewrite(
 
 def generate(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Argument(help="Content prompt, e.g. 'an angry dog'.")],
-    emotion: Annotated[str, typer.Option("--emotion", "-e", help=f"One of: {', '.join(EMOTION_NAMES)}.")],
+    prompt: Annotated[
+        str | None, typer.Argument(help="Content prompt, e.g. 'an angry dog' (or --prompts FILE).")
+    ] = None,
+    emotion: Annotated[
+        str | None,
+        typer.Option(
+            "--emotion", "-e", help=f"One of: {', '.join(EMOTION_NAMES)} (a --prompts line may name its own)."
+        ),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="A file of requests, one per line: JSONL {prompt, emotion} or CSV with a header; one run "
+            "directory each (under --out if given).",
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Images to make (seeds seed..seed+n-1).")] = 4,
     seed: Annotated[
         int | None, typer.Option(help="Seed for the images, persona sampling and the LLM.")
@@ -223,7 +243,17 @@ def generate(
     ] = False,
 ) -> None:
     """Generate images that feel EMOTION: MC-Agent rewrites the prompt, MC-Diffusion renders it."""
-    target = parse_emotion(emotion)
+    from graphs.prompt_list import read_prompt_list
+
+    if (prompt is None) == (prompts_file is None):
+        raise typer.BadParameter("give a PROMPT or --prompts FILE (one of the two)")
+    default = parse_emotion(emotion) if emotion is not None else None
+    if prompts_file is None:
+        if default is None:
+            raise typer.BadParameter("--emotion is required with a PROMPT", param_hint="'--emotion' / '-e'")
+        requests = [(str(prompt), default)]
+    else:
+        requests = [(line.prompt, line.emotion) for line in read_prompt_list(prompts_file, default)]
     settings = settings_of(
         ctx,
         seed=seed,
@@ -254,27 +284,39 @@ def generate(
         steps=steps,
         vp_scale=vp_scale,
         negative_vp=negative_vp,
-        out_dir=str(out_dir) if out_dir else None,
+        out_dir=str(out_dir) if out_dir and prompts_file is None else None,
     )
+    first_prompt, first_emotion = requests[0]
     context = _agent_context(
         settings,
         settings.autostart and not no_autostart,
-        (prompt, target, settings.personas),
+        (first_prompt, first_emotion, settings.personas),
         renderer_factory=lambda: _renderer(settings),
         need_llm=not no_agents,
+        more_requests=requests[1:],
     )
-    payload = {
-        "user_prompt": prompt,
-        "target_emotion": target,
-        "personas": list(settings.personas or []) or None,
-        "agents": not no_agents,
-        "render": options,
-    }
-    final = _stream(context, payload, as_json)
-    if as_json:
-        from graphs.runner import state_to_json
+    for i, (user_prompt, target) in enumerate(requests):
+        line_options = options
+        if prompts_file is not None and out_dir is not None:  # one run directory per line, under --out
+            slug = "-".join(re.findall(r"[a-z0-9]+", user_prompt.lower()))[:40] or "prompt"
+            line_options = options.model_copy(
+                update={"out_dir": str(out_dir / f"{i:03d}-{target.value}-{slug}")}
+            )
+        if len(requests) > 1 and not as_json:
+            out.rule(f"{i + 1}/{len(requests)}: {esc(user_prompt)} ({target.value})")
+        payload = {
+            "user_prompt": user_prompt,
+            "target_emotion": target,
+            "personas": list(settings.personas or []) or None,
+            "agents": not no_agents,
+            "render": line_options,
+        }
+        final = _stream(context, payload, as_json)
+        if as_json:
+            from graphs.runner import state_to_json
 
-        sys.stdout.write(json.dumps(state_to_json(final, render=True), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(state_to_json(final, render=True), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
 
 
 def chat(

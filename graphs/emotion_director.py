@@ -21,21 +21,55 @@ from typing import Any, Literal, cast
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import ValidationError
 
 from ed_agents.anchors import settle_anchors
-from ed_agents.context import Context
+from ed_agents.context import Context, ContextSettings
+from ed_agents.errors import InvalidInputError
 from ed_agents.nodes.concepts import expand_concepts
 from ed_agents.nodes.consensus import write_consensus
 from ed_agents.nodes.finalize import finalize_prompt, repair_prompt, verify_anchors
 from ed_agents.nodes.personas import react_as_persona, route_to_personas
 from ed_agents.nodes.revise import revise_prompt
-from ed_agents.nodes.understand import accept_request, extract_anchors, request_key, understand_request
+from ed_agents.nodes.understand import accept_request as accept_agent_request
+from ed_agents.nodes.understand import extract_anchors, request_key, understand_request
 from ed_agents.routing import route_after_verify, route_start
 from ed_agents.state import HistoryEntry, PersonaTask
+from ed_common.render_contract import RenderOptions
 from graphs.state import GraphInput, GraphOutput, GraphState
-from graphs.tool_node import render_image, retrieve_visual_prompt
+from graphs.tool_node import check_out_dir, render_image, retrieve_visual_prompt
 
 Entry = Literal["understand_request", "revise_prompt", "adopt_prompt", "retrieve_visual_prompt"]
+
+
+def accept_request(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The entry: MC-Agent's request check, plus the render options as RenderOptions.
+
+    A LangGraph server's client sends ``render`` as JSON; it becomes RenderOptions here, once, so that
+    ``{}`` (all defaults) still asks for a render and a bad option fails before any LLM call.
+
+    Raises:
+        InvalidInputError: a bad request, or a bad render option (named with what is allowed).
+    """
+    update = accept_agent_request(state, runtime)
+    render = state.get("render")
+    if render is not None:
+        options = render if isinstance(render, RenderOptions) else _render_options(render)
+        check_out_dir(options, runtime)  # before any LLM call
+        if options is not render:
+            update["render"] = options
+    return update
+
+
+def _render_options(value: Any) -> RenderOptions:
+    try:
+        return RenderOptions.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"render.{'.'.join(str(p) for p in e['loc']) or '?'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInputError(f"bad render options: {problems}") from None
 
 
 def route_entry(state: GraphState) -> Entry:
@@ -82,7 +116,13 @@ def adopt_prompt(state: GraphState) -> dict[str, Any]:
 
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     """Compile the graph (optionally with a checkpointer for chat sessions)."""
-    g = StateGraph(GraphState, input_schema=GraphInput, output_schema=GraphOutput, context_schema=Context)
+    # The context schema is what a server's client may send (JSON settings); the CLI and tests pass a live
+    # ed_agents.context.Context instead, which the nodes take as it is (context_of). So a node's
+    # runtime.context is either, and the graph's context type is left open (the nodes say Runtime[Context]).
+    context_schema: type[Any] = ContextSettings
+    g = StateGraph(
+        GraphState, input_schema=GraphInput, output_schema=GraphOutput, context_schema=context_schema
+    )
     g.add_node("accept_request", accept_request)
     g.add_node("understand_request", understand_request)
     # The persona node takes a Send payload (PersonaTask), not the state; the overloads cannot say so.
@@ -120,5 +160,6 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     return g.compile(checkpointer=checkpointer, name="emotion_director")
 
 
-# For `langgraph dev` (langgraph.json); the server supplies persistence, the Context comes from Settings.
+# For `langgraph dev` (langgraph.json); the server supplies persistence, and each run's Context is built
+# from the server's Settings plus the run's ContextSettings.
 graph = build_graph()

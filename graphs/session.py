@@ -25,7 +25,8 @@ from graphs.emotion_director import build_graph
 from graphs.state import GraphInput
 
 # Exactly the types our state holds: the checkpoint loader refuses anything else (no arbitrary classes).
-_STATE_TYPES = [
+# langgraph.json's checkpointer.serde.allowed_msgpack_modules repeats it (a unit test keeps the two equal).
+STATE_TYPES: list[tuple[str, str]] = [
     ("ed_common.emotions", "Emotion"),
     ("ed_common.render_contract", "RenderOptions"),
     ("ed_common.render_contract", "VisualPromptChoice"),
@@ -104,7 +105,7 @@ def session_lock(db: Path, name: str) -> Iterator[None]:
 
 def make_serde() -> JsonPlusSerializer:
     """The checkpoint serializer, limited to our state's own types."""
-    return JsonPlusSerializer(allowed_msgpack_modules=_STATE_TYPES)
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
 
 
 class SessionStoreError(EmodirError):

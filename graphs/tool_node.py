@@ -3,24 +3,31 @@
 This is the graph's GPU tool node. It speaks only the torch-free render contract
 (``ed_common.render_contract``); the renderer itself (``ed_diffusion.pipeline.MCDiffusion``) is built by
 ``graphs/renderer.py`` and handed in through the Context, so agent-only runs never import torch.
+
+A run whose context came from settings (a LangGraph server's client, see ``ed_agents.context``) has no
+renderer handed in: the first render builds one from those settings (its preset) and keeps it for the
+process. A live Context without a renderer (the CLI's agent-only commands) still fails with
+RendererMissingError.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from langgraph.runtime import Runtime
 
-from ed_agents.context import Context, context_of
-from ed_agents.errors import EmodirError
+from ed_agents.context import Context, context_of, settings_of
+from ed_agents.errors import EmodirError, InvalidInputError
 from ed_common.atomic import write_json_atomic
 from ed_common.errors import OutputExistsError
 from ed_common.git_state import git_dirty, git_sha, package_version
 from ed_common.render_contract import Renderer, RenderOptions, RenderRequest, RenderResult
-from ed_common.settings import REPO_ROOT
+from ed_common.settings import REPO_ROOT, Settings
 from graphs.state import GraphState
 
 MANIFEST_VERSION = 1
@@ -50,19 +57,38 @@ def claim_run_dir(path: Path) -> Path:
     return path
 
 
-def _renderer(ctx: Context) -> Renderer:
-    renderer = ctx.renderer
-    if renderer is None:
+# The render-relevant part of Settings: contexts that differ only in LLM knobs share one renderer.
+_RENDER_KEYS = ("preset", "diffusion_model", "bank", "adapter", "device", "dtype", "cache_dir")
+
+
+_RENDERER_LOCK = threading.Lock()  # concurrent server runs load one pipeline, not one each
+
+
+@functools.lru_cache(maxsize=2)  # each holds a diffusion pipeline: keep few
+def _settings_renderer(settings: Settings) -> Renderer:
+    from graphs.renderer import build_renderer  # imports torch: only when a settings-built run renders
+
+    return build_renderer(settings)
+
+
+def _renderer(runtime: Runtime[Any]) -> Renderer:
+    ctx = context_of(runtime)
+    if ctx.renderer is not None:
+        return ctx.renderer
+    settings = settings_of(runtime)
+    if settings is None:  # a live Context without one: the CLI's agent-only commands
         raise RendererMissingError(
             "this run asks for images but no renderer is configured (emodir generate has one)"
         )
-    return renderer
+    base = Settings.model_validate(settings.model_dump(include=set(_RENDER_KEYS)))
+    with _RENDERER_LOCK:
+        return _settings_renderer(base)
 
 
 def retrieve_visual_prompt(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Retrieve the emotion's visual prompt for the final prompt (bank top-k by CLIP text cosine)."""
     options = state.get("render") or RenderOptions()
-    choice = _renderer(context_of(runtime)).retrieve(
+    choice = _renderer(runtime).retrieve(
         state["final_prompt"], state["target_emotion"], top_k=options.top_k, negative_vp=options.negative_vp
     )
     return {"visual_prompt": choice}
@@ -71,8 +97,9 @@ def retrieve_visual_prompt(state: GraphState, runtime: Runtime[Context]) -> dict
 def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Render into a new run directory and write its manifest."""
     ctx = context_of(runtime)
-    renderer = _renderer(ctx)
     options = state.get("render") or RenderOptions()
+    check_out_dir(options, runtime)
+    renderer = _renderer(runtime)
     emotion = state["target_emotion"]
     run_dir = (
         Path(options.out_dir)
@@ -100,6 +127,19 @@ def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
         "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
         "manifest": str(manifest),
     }
+
+
+def check_out_dir(options: RenderOptions, runtime: Runtime[Any]) -> None:
+    """A server's client may not choose where the server writes: ``render.out_dir`` is the CLI's.
+
+    Raises:
+        InvalidInputError: a settings-built run (a LangGraph server's) names ``render.out_dir``.
+    """
+    if options.out_dir and settings_of(runtime) is not None:
+        raise InvalidInputError(
+            f"render.out_dir={options.out_dir!r} is not allowed in a server run; allowed: unset (a new "
+            "run directory under the server's runs_dir)"
+        )
 
 
 def _run_record(state: GraphState, options: RenderOptions) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def understand_request(state: State, runtime: Runtime[Context]) -> dict[str, Any
     ctx = context_of(runtime)
     emotion = state["target_emotion"]
     run_index = state.get("run_index", -1) + 1
-    persona_ids = select_personas(ctx.prompts.ids("persona"), state.get("personas"), ctx.n_personas, ctx.seed)
+    requested = state.get("personas") or ctx.personas  # the input's ids, else the context's default
+    persona_ids = select_personas(ctx.prompts.ids("persona"), requested, ctx.n_personas, ctx.seed)
     anchors = settle_anchors(state["user_prompt"], [])
     return {
         "target_emotion": emotion,

@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-TINY_PRESET_VERSION = 1
+TINY_PRESET_VERSION = 2  # 2: the bank records its encoders relative to the preset folder
 TINY_CLUSTERS = 4
 TINY_TOKENS = 4
 
@@ -82,7 +82,14 @@ def _build(root: Path) -> None:
     encoders = FeatureEncoders.from_pretrained(enc_dir / "text", enc_dir / "image", kind="clip")
     jsonl = make_toy_dataset(root / "toy", n_per_emotion=3 * TINY_CLUSTERS, seed=0)
     samples, _summary = load_jsonl_dataset(jsonl)
-    build_bank(samples, encoders, clusters=TINY_CLUSTERS, seed=0).save(files.bank)
+    bank = build_bank(samples, encoders, clusters=TINY_CLUSTERS, seed=0)
+    # Encoder paths relative to the preset folder: it is built in a temporary folder and renamed, so absolute
+    # ones would name a folder that no longer exists (VisualPromptBank.load resolves them beside the bank).
+    relative = enc_dir.relative_to(root)
+    bank.metadata = replace(
+        bank.metadata, text_encoder=str(relative / "text"), image_encoder=str(relative / "image")
+    )
+    bank.save(files.bank)
     pipe = StableDiffusionXLPipeline.from_pretrained(files.pipeline, local_files_only=True)  # type: ignore[no-untyped-call]
     config = EmotionTokenProjectorConfig(in_dim=encoders.d_v, out_dim=pipe.unet.config.cross_attention_dim)
     torch.manual_seed(0)  # the fresh projector's weights are part of the preset: make them reproducible

@@ -18,7 +18,7 @@ from cli import app, main
 from ed_agents.testing.fake_openai_server import FakeOpenAIServer
 from ed_common.render_contract import RenderRequest
 from ed_diffusion.bank import VisualPromptBank
-from ed_diffusion.pipeline import MCDiffusion, get_renderer
+from ed_diffusion.pipeline import MAX_BATCH, MCDiffusion, get_renderer
 from ed_diffusion.presets import resolve_preset
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ def test_renderer_loads_once_per_process(tiny_env: Path, tmp_path: Path) -> None
 def test_interrupted_render_leaves_no_partial_png(tiny_env: Path, tmp_path: Path) -> None:
     renderer = MCDiffusion(resolve_preset("tiny", tiny_env))
     renderer.load()
-    real = renderer.pipe
+    real = renderer.emotion.pipe
     calls = {"n": 0}
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -129,13 +129,17 @@ def test_interrupted_render_leaves_no_partial_png(tiny_env: Path, tmp_path: Path
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    renderer.pipe = interrupted
-    renderer.pipe.unet = real.unet  # type: ignore[attr-defined]
+    renderer.emotion.pipe = interrupted
+    renderer.emotion.pipe.unet = real.unet  # type: ignore[attr-defined]
+    renderer.emotion.pipe.device = real.device  # type: ignore[attr-defined]
+    n = MAX_BATCH + 2  # two batched calls: the first finishes, the second is interrupted
     with pytest.raises(KeyboardInterrupt):
-        renderer.render(RenderRequest(prompt="a fox", emotion="awe", n_images=3, out_dir=tmp_path / "run"))
+        renderer.render(RenderRequest(prompt="a fox", emotion="awe", n_images=n, out_dir=tmp_path / "run"))
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["image_00_seed0.png"]  # the finished image, nothing half-written, no temp file
-    Image.open(tmp_path / "run" / names[0]).verify()
+    # The first batch's images, nothing half-written, no temp file.
+    assert names == [f"image_{i:02d}_seed{i}.png" for i in range(MAX_BATCH)]
+    for name in names:
+        Image.open(tmp_path / "run" / name).verify()
 
 
 def test_generate_no_agents_needs_no_llm(tiny_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,3 +299,22 @@ def test_render_without_guidance(tiny_env: Path, tmp_path: Path) -> None:
         RenderRequest(prompt="a fox", emotion="awe", guidance=1.0, out_dir=tmp_path / "g")
     )
     assert Image.open(result.images[0]).size == (64, 64)
+
+
+def test_generate_a_prompts_file_one_run_dir_per_line(
+    tiny_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "an old dog in the snow", "emotion": "fear"}\n{"prompt": "a red apple"}\n')
+    out = tmp_path / "batch"
+    argv = ["generate", "--prompts", str(prompts), "-e", "awe", "--no-agents", "--n", "1", "--steps", "2"]
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["final_prompt"], r["target_emotion"]) for r in rows] == [
+        ("an old dog in the snow", "fear"),
+        ("a red apple", "awe"),
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["000-fear-an-old-dog-in-the-snow", "001-awe-a-red-apple"]
+    for run in out.iterdir():
+        assert len(list(run.glob("*.png"))) == 1 and (run / "manifest.json").is_file()
+    assert main([*argv, "--out", str(out)]) == 1  # nothing is overwritten

@@ -46,6 +46,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv (outside the checkout) with the wheel built from this checkout and its diffusion extra."""
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMODIR_", "VIRTUAL_ENV", "PYTHON"))}
+    # Built from a copy: setuptools keeps build/ between builds (stale modules could reach the wheel), and a
+    # test never writes into the checkout.
+    src = root / "src"
+    shutil.copytree(
+        REPO_ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv*",
+            "build",
+            "dist",
+            "runs",
+            "__pycache__",
+            "*.egg-info",
+            ".*_cache",
+            ".langgraph_api",
+        ),
+    )
     wheels = root / "dist"
     _run(
         [
@@ -58,7 +76,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "-w",
             str(wheels),
-            str(REPO_ROOT),
+            str(src),
         ],
         cwd=root,
         env=env,

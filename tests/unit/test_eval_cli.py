@@ -73,6 +73,38 @@ def test_eval_run_then_resume_then_report(
     )  # a typo is not an empty table
 
 
+def test_report_of_runs_that_differ_warns_and_writes_html(
+    tmp_path: Path,
+    suite_file: Path,
+    fake_server: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", fake_server.base_url)
+    other_suite = tmp_path / "seeds.yaml"
+    other_suite.write_text(
+        SUITE.replace("settings: {n_personas: 1}", "settings: {n_personas: 1}\nseeds: [3]")
+    )
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for suite, out in ((suite_file, a), (suite_file, b), (other_suite, c)):
+        assert main(["eval", "run", str(suite), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "report", str(a), str(b), "--out", str(tmp_path / "same.md")]) == 0
+    assert "warning" not in capsys.readouterr().err  # the same suite and settings: nothing to say
+    assert main(["eval", "report", str(a), str(c), "--out", str(tmp_path / "cmp.html")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: c differs from a in suite.seeds: [3] vs [0]" in " ".join(err.split())
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.startswith("<!doctype html>") and "Runs differ" in page and "suite.seeds" in page
+    assert "<table>" in page and "full_graph_vp" in page
+    assert main(["eval", "report", str(a), str(c), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert (tmp_path / "cmp.md").read_text().startswith("> **Runs differ:** c differs from a in suite.seeds")
+    capsys.readouterr()
+    assert "allowed a .md (Markdown) or .html file" in _one_line_error(
+        capsys, ["eval", "report", str(a), "--out", str(tmp_path / "cmp.txt")]
+    )
+
+
 def test_eval_run_refuses_a_used_out_dir_in_one_line(
     tmp_path: Path, suite_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
