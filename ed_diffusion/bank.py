@@ -198,6 +198,7 @@ class BankMetadata:
 
         A hub id (``openai/clip-vit-large-patch14``) stays as it is unless that folder exists beside the bank.
         """
+
         def resolve(value: str) -> str:
             beside = folder / value
             return str(beside) if value and not Path(value).is_absolute() and beside.is_dir() else value

@@ -70,3 +70,18 @@ def train_dpo(
 ) -> None:
     """Stage 2: DPO with a negative visual prompt (optionally image-pair DPO and SFT terms)."""
     _train(ctx, config, "dpo", not no_resume)
+
+
+@app.command("config")
+def train_config(
+    kind: Annotated[str, typer.Argument(help="sft or dpo.")],
+) -> None:
+    """Print a commented default config (every key with its help) and where the shipped examples are."""
+    from ed_diffusion.training.config import EXAMPLES_DIR, DPOTrainConfig, SFTTrainConfig, commented_config
+
+    classes = {"sft": SFTTrainConfig, "dpo": DPOTrainConfig}
+    if kind not in classes:
+        raise typer.BadParameter(f"{kind!r}: allowed sft or dpo", param_hint="KIND")
+    out.print(commented_config(classes[kind]), end="", markup=False, highlight=False)
+    examples = sorted(p.name for p in EXAMPLES_DIR.glob(f"{kind}-*.toml"))
+    out.print(f"# Examples: {', '.join(examples)} in {EXAMPLES_DIR}", markup=False, highlight=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import tomllib
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -429,3 +430,29 @@ def _escape_char(c: str) -> str:
     if ord(c) < 0x20 or ord(c) == 0x7F:
         return f"\\u{ord(c):04X}"
     return c
+
+
+def commented_config(cls: type[TrainConfig]) -> str:
+    """A TOML file of ``cls``'s defaults with each field's help as a comment (``emodir train config``).
+
+    Fields whose default is unset (None) are written commented out, so the text loads as the defaults.
+    """
+    command = "dpo" if issubclass(cls, DPOTrainConfig) else "sft"
+    lines = [
+        f"# {cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}",
+        f"# Every key is optional; `emodir train {command} FILE`.",
+    ]
+    for f in fields(cls):
+        lines.append("")
+        for chunk in textwrap.wrap(str(f.metadata.get("help", "")), width=100):
+            lines.append(f"# {chunk}")
+        default = f.default
+        if default is None:
+            lines.append(f"# {f.name} = ...")
+        else:
+            lines.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+"""Example configs shipped with the package (tiny, sd15 and sdxl presets; ``docs/recipe.md``)."""

@@ -271,15 +271,29 @@ def _unet_err(m: _Models, batch: NoisedBatch) -> Tensor:
     return per_sample_mse(pred.float(), batch.target.float())  # [B]
 
 
+def _shard(run: _Run, full: Tensor) -> Tensor:
+    """This process's rows of a draw made for the whole global batch (rows ``rank::world``).
+
+    Every process draws the global batch's noise, timesteps and dropout from the same ``(seed, step)``
+    generator and keeps its own rows: N processes then see exactly the draws one process would, so they give
+    the same loss sequence as one process at the same global batch.
+    """
+    return full[run.rank :: run.world] if run.world > 1 else full
+
+
 def _noise(
-    m: _Models, latents: Tensor, cfg: TrainConfig, gen: torch.Generator
+    run: _Run, latents: Tensor, cfg: TrainConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
-    noise = torch.randn(latents.shape, generator=gen).to(latents)
-    t = torch.randint(
-        cfg.min_timestep,
-        min(cfg.max_timestep, m.scheduler.config.num_train_timesteps),
-        (latents.shape[0],),
-        generator=gen,
+    m, n = run.m, latents.shape[0] * run.world
+    noise = _shard(run, torch.randn((n, *latents.shape[1:]), generator=gen)).to(latents)
+    t = _shard(
+        run,
+        torch.randint(
+            cfg.min_timestep,
+            min(cfg.max_timestep, m.scheduler.config.num_train_timesteps),
+            (n,),
+            generator=gen,
+        ),
     ).to(latents.device)
     noisy = m.scheduler.add_noise(latents, noise, t)
     target = (
@@ -290,10 +304,12 @@ def _noise(
     return noisy, t, target
 
 
-def _latents(m: _Models, pixels: Tensor, gen: torch.Generator) -> Tensor:
+def _latents(run: _Run, pixels: Tensor, gen: torch.Generator) -> Tensor:
+    m = run.m
     with torch.no_grad():
         dist = m.vae.encode(pixels.to(m.vae.device, m.vae.dtype)).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+        shape = (dist.mean.shape[0] * run.world, *dist.mean.shape[1:])
+        z = dist.mean + dist.std * _shard(run, torch.randn(shape, generator=gen)).to(dist.mean)
         scaled: Tensor = z * m.vae.config.scaling_factor
         return scaled
 
@@ -362,12 +378,14 @@ def _step_loss(run: _Run, step: int, seed: int, *, training: bool = True) -> tup
     cond = _encode(
         m, batch["captions"], batch["original_sizes"], batch["crop_top_lefts"], run.res, run.device
     )
-    latents = _latents(m, batch["pixel_values"], gen)
-    noisy, t, target = _noise(m, latents, cfg, gen)
+    latents = _latents(run, batch["pixel_values"], gen)
+    noisy, t, target = _noise(run, latents, cfg, gen)
     pos = _tokens(m, batch["emotions"], run.pos_idx[idx]).to(run.device)
     if not isinstance(cfg, DPOTrainConfig):  # visual-prompt dropout is SFT's (the DPO terms compare VPs)
         drop = cfg.vp_dropout if training else 0.0
-        keep = (torch.rand(len(rows), generator=gen) >= drop).to(pos)[:, None, None, None]
+        keep = (_shard(run, torch.rand(len(rows) * run.world, generator=gen)) >= drop).to(pos)[
+            :, None, None, None
+        ]
         pos = pos * keep
     negative = None
     if objective.w_neg_vp > 0:
@@ -412,7 +430,9 @@ def train(
 
     # Gradient accumulation is done by hand below: micro-steps derive their randomness from the step index,
     # which keeps resume exact, and checkpoints only ever fall on optimizer steps.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True on a machine without an accelerator: only then does accelerate run `torchrun` / `accelerate
+    # launch` processes as one gloo group (MULTI_CPU); without it every process thinks it is rank 0 of 1.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())
     out = Path(cfg.output_dir)
     run = _setup(cfg, cache_dir, accelerator.device, accelerator.num_processes, accelerator.process_index)
     m = run.m
@@ -498,6 +518,11 @@ def _steps(
             value += float(loss.detach()) / cfg.grad_accum
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+        if accelerator.num_processes > 1:  # each process saw its shard: log the global batch's means
+            packed = accelerator.reduce(
+                torch.tensor([value, *metrics.values()], device=accelerator.device), "mean"
+            )
+            value, metrics = float(packed[0]), dict(zip(metrics, packed[1:].tolist(), strict=True))
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         lr_sched.step()
@@ -554,16 +579,30 @@ def _pair_batch(run: _Run, step: int, seed: int, gen: torch.Generator) -> Noised
     cond = _encode(
         m, batch["captions"], batch["original_sizes"], batch["crop_top_lefts"], run.res, run.device
     )
-    latents = _latents(m, batch["pixel_values"], gen)  # [2B, ...] winners first
-    noise = torch.randn(latents[:b].shape, generator=gen).to(latents)
+    # [2B, ...] winners first. The VAE draw covers winners and losers of the whole global batch, as stacked
+    # on one process ([W_0..W_{n-1}, L_0..L_{n-1}]): this process keeps its winners' rows and its losers'.
+    latents = _pair_latents(run, batch["pixel_values"], b, gen)
+    n = b * run.world
+    noise = _shard(run, torch.randn((n, *latents.shape[1:]), generator=gen)).to(latents)
     high = min(cfg.max_timestep, m.scheduler.config.num_train_timesteps)
-    t = torch.randint(cfg.min_timestep, high, (b,), generator=gen).to(latents.device)
+    t = _shard(run, torch.randint(cfg.min_timestep, high, (n,), generator=gen)).to(latents.device)
     noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])  # winner and loser share noise and timestep
     noisy = m.scheduler.add_noise(latents, noise2, t2)
     v_pred = m.scheduler.config.prediction_type == "v_prediction"
     target = m.scheduler.get_velocity(latents, noise2, t2) if v_pred else noise2
     tokens = _tokens(m, batch["emotions"], torch.cat([run.pair_pos[torch.tensor(rows)]] * 2)).to(run.device)
     return NoisedBatch(noisy, t2, target, cond, tokens)
+
+
+def _pair_latents(run: _Run, pixels: Tensor, b: int, gen: torch.Generator) -> Tensor:
+    m = run.m
+    with torch.no_grad():
+        dist = m.vae.encode(pixels.to(m.vae.device, m.vae.dtype)).latent_dist
+        n = b * run.world
+        eps = torch.randn((2 * n, *dist.mean.shape[1:]), generator=gen)
+        mine = torch.cat([_shard(run, eps[:n]), _shard(run, eps[n:])]).to(dist.mean)
+        scaled: Tensor = (dist.mean + dist.std * mine) * m.vae.config.scaling_factor
+        return scaled
 
 
 def _batch_rows(step: int, size: int, n: int, seed: int) -> list[int]:

@@ -187,3 +187,37 @@ def test_bad_values_in_a_file_name_the_key(tmp_path: Path, text: str, needle: st
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", TrainConfig)
+
+
+@pytest.mark.parametrize("cls", [SFTTrainConfig, DPOTrainConfig])
+def test_the_commented_default_loads_as_the_defaults(tmp_path: Path, cls: type[TrainConfig]) -> None:
+    from ed_diffusion.training.config import commented_config
+
+    text = commented_config(cls)
+    path = tmp_path / "default.toml"
+    path.write_text(text)
+    assert load_config(path, cls) == cls()
+    for f in dataclasses.fields(cls):  # every key is there, with its help above it
+        assert f"{f.name} = " in text
+        assert str(f.metadata["help"]).split()[0] in text
+
+
+def test_every_shipped_example_loads_and_validates() -> None:
+    from ed_diffusion.training.config import EXAMPLES_DIR
+
+    examples = sorted(EXAMPLES_DIR.glob("*.toml"))
+    wanted = {f"{kind}-{model}" for kind in ("sft", "dpo") for model in ("tiny", "sd15", "sdxl")}
+    assert {p.stem for p in examples} >= wanted
+    for path in examples:
+        cfg = load_config(path, SFTTrainConfig if path.stem.startswith("sft") else DPOTrainConfig)
+        assert cfg.output_dir.startswith("runs/train/")
+
+
+def test_train_config_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import main
+
+    assert main(["train", "config", "dpo"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# DPOTrainConfig") and "beta = 2500.0" in text and "dpo-tiny.toml" in text
+    assert main(["train", "config", "ppo"]) == 2
+    assert "allowed sft or dpo" in capsys.readouterr().err
