@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ed_common.atomic import write_text_atomic
+from ed_common.emotions import EMOTION_NAMES
 from ed_common.errors import InvalidInputError
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -137,6 +138,34 @@ class TrainConfig:
         default=1000,
         metadata={"help": "Largest training timestep (exclusive, <= the scheduler's num_train_timesteps)."},
     )
+    validation_every: int = field(
+        default=0,
+        metadata={
+            "help": "Render the validation grid every N steps, and at the end (>= 0; 0: never). The loss is "
+            "not a reliable signal for adapters: look at the images."
+        },
+    )
+    validation_prompts: tuple[str, ...] = field(
+        default=("a dog in the snow", "a house by the sea"),
+        metadata={"help": "Prompts of the validation grid (its rows, with each emotion)."},
+    )
+    validation_emotions: tuple[str, ...] = field(
+        default=("fear", "contentment"),
+        metadata={"help": "Emotions of the validation grid (EmoSet names)."},
+    )
+    validation_seeds: tuple[int, ...] = field(
+        default=(0, 1), metadata={"help": "Seeds of the validation grid (its columns)."}
+    )
+    validation_steps: int = field(
+        default=20, metadata={"help": "Denoising steps of validation images (>= 1)."}
+    )
+    report_to: Literal["none", "tensorboard"] = field(
+        default="none",
+        metadata={
+            "help": "Tracker for metrics and validation grids through accelerate: none or tensorboard "
+            "(`pip install tensorboard`; logs in <output_dir>/logs)."
+        },
+    )
 
     def __post_init__(self) -> None:
         """Check types (ints given for floats become floats) and values.
@@ -176,6 +205,25 @@ class TrainConfig:
             "max_timestep",
             self.max_timestep > self.min_timestep,
             f"> min_timestep ({self.min_timestep})",
+        )
+        _require(self, "validation_every", self.validation_every >= 0, ">= 0")
+        _require(self, "validation_steps", self.validation_steps >= 1, ">= 1")
+        if self.validation_every:
+            for name in ("validation_prompts", "validation_emotions", "validation_seeds"):
+                _require(self, name, len(getattr(self, name)) > 0, "at least one entry")
+            _require(
+                self,
+                "validation_prompts",
+                all(p.strip() for p in self.validation_prompts),
+                "non-empty prompts",
+            )
+        bad = [e for e in self.validation_emotions if e.strip().lower() not in EMOTION_NAMES]
+        _require(self, "validation_emotions", not bad, f"EmoSet emotion names ({', '.join(EMOTION_NAMES)})")
+        _require(
+            self,
+            "validation_seeds",
+            all(0 <= x <= MAX_TRAIN_SEED for x in self.validation_seeds),
+            f"seeds 0..{MAX_TRAIN_SEED}",
         )
         trains_something = self.train_projector or self.train_ip_kv or self.train_bank or self.lora_rank > 0
         _require(
@@ -296,6 +344,9 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        item = next(a for a in get_args(tp) if a is not Ellipsis)
+        return f"a list of {_type_name(item).removeprefix('a ').removeprefix('an ')}s"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -322,6 +373,12 @@ def _conform(value: Any, tp: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
+    if origin is tuple:  # tuple[X, ...]: a TOML array
+        (item,) = (a for a in get_args(tp) if a is not Ellipsis)
+        if not isinstance(value, list | tuple):
+            return False, value
+        done = [_conform(v, item) for v in value]
+        return all(ok for ok, _ in done), tuple(v for _, v in done)
     raise TypeError(f"unsupported config field type {tp!r}")
 
 
@@ -417,6 +474,8 @@ def _toml_value(value: Any) -> str:
         # repr is the shortest text that reads back to the same float; TOML needs a dot or an exponent.
         text = repr(value)
         return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         # A TOML basic string: escape quotes, backslashes and every control character (TOML forbids them
         # raw, DEL included); everything else, non-ASCII too, is written as is.

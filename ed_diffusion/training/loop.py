@@ -7,14 +7,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ed_common.emotions import Emotion
+from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.adapter_file import load_adapter
 from ed_diffusion.bank import VisualPromptBank
@@ -110,6 +110,16 @@ def check_inputs(cfg: TrainConfig, cache_dir: Path) -> None:
     """
     if cfg.pretrained != TINY_PRESET:
         check_diffusers_model(cfg.pretrained, "pretrained")
+    if cfg.report_to == "tensorboard":
+        import importlib.util
+
+        if (
+            importlib.util.find_spec("tensorboard") is None
+            and importlib.util.find_spec("tensorboardX") is None
+        ):
+            raise ConfigError(
+                "report_to = 'tensorboard' needs the tensorboard package: pip install tensorboard"
+            )
     for name in ("bank", "adapter_init", "data", "pairs"):
         value = getattr(cfg, name, None)
         if value is not None and not Path(value).expanduser().exists():
@@ -332,6 +342,9 @@ class _Run:
     world: int = 1
     rank: int = 0
     inputs: dict[str, str | None] = field(default_factory=dict)  # the input files, for the manifest
+    # The validation grid's rows (prompt x emotion): their emotions [R] and bank clusters [R, k].
+    val_emotions: Tensor | None = None
+    val_idx: Tensor | None = None
 
 
 def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank: int = 0) -> _Run:
@@ -358,6 +371,10 @@ def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank:
     run = _Run(cfg, m, SFTDataset(samples, res), pairs, pos_idx, neg_emotion, neg_idx, pair_pos, res, device)
     run.world, run.rank = world, rank
     run.inputs = {"bank": bank_path, "adapter_init": adapter_init, "data": data_path}
+    if cfg.validation_every:  # retrieved once: the grid is the same at every step
+        rows = [(p, parse_emotion(e)) for p in cfg.validation_prompts for e in cfg.validation_emotions]
+        run.val_idx, _, _ = _retrieve_indices(m, encoders_dir, rows, cfg.num_tokens, strategy, cfg.seed)
+        run.val_emotions = torch.tensor([e.label_index for _, e in rows])
     if dpo_cfg is not None and dpo_cfg.w_dpo > 0:
         run.inputs["pairs"] = dpo_cfg.pairs
     return run
@@ -432,8 +449,14 @@ def train(
     # which keeps resume exact, and checkpoints only ever fall on optimizer steps.
     # cpu=True on a machine without an accelerator: only then does accelerate run `torchrun` / `accelerate
     # launch` processes as one gloo group (MULTI_CPU); without it every process thinks it is rank 0 of 1.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())
     out = Path(cfg.output_dir)
+    tracker = cfg.report_to if cfg.report_to != "none" else None
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        cpu=not torch.accelerator.is_available(),
+        log_with=tracker,
+        project_dir=str(out / "logs") if tracker else None,
+    )
     run = _setup(cfg, cache_dir, accelerator.device, accelerator.num_processes, accelerator.process_index)
     m = run.m
     params = _trainable(cfg, m)
@@ -462,6 +485,8 @@ def train(
         if start_step == 0:  # rows of an attempt killed before its first checkpoint are all redone
             truncate_metrics(metrics_file, 0)
         manifest = RunManifest.start(out, cfg, run.inputs, start_step)
+    if tracker:
+        accelerator.init_trackers("emodir-train", config=_tracker_config(cfg))
     state = _State(step=start_step, last_ckpt=latest_checkpoint(out))
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, start_step + stop_after)
     try:
@@ -478,6 +503,8 @@ def train(
     if manifest is not None:  # stop_after ends a run early, as an interrupt would
         status: Status = "finished" if state.step >= cfg.max_steps else "interrupted"
         manifest.end(status, state.step, state.last_ckpt)
+    if tracker:
+        accelerator.end_training()
     return TrainResult(out, state.step, state.last_ckpt, metrics_file, state.losses)
 
 
@@ -540,12 +567,51 @@ def _steps(
         if accelerator.is_main_process:
             if step % cfg.log_every == 0 or step == end:
                 _append_jsonl(metrics_file, row)
+                if cfg.report_to != "none":
+                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             if progress is not None:
                 progress(step, cfg.max_steps, row)
             periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
             if periodic or step == cfg.max_steps:
                 state.last_ckpt = save_checkpoint(out, step, cfg, m.unet, m.bank_param, optimizer, lr_sched)
                 rotate(out, cfg.keep_last)
+            if cfg.validation_every and (step % cfg.validation_every == 0 or step == cfg.max_steps):
+                _validate(run, accelerator, step)
+
+
+def _validate(run: _Run, accelerator: Any, step: int) -> Path:
+    """Render and save the validation grid (rank 0), and log it to the tracker if there is one."""
+    from ed_diffusion.training.validation import render_grid, save_grid
+
+    cfg, m = run.cfg, run.m
+    assert run.val_idx is not None and run.val_emotions is not None
+    with torch.no_grad():
+        tokens = _tokens(m, run.val_emotions, run.val_idx)[:, 0].float()  # [R, k, d]
+    grid, _ = render_grid(
+        m.pipe,
+        list(tokens),
+        cfg.validation_prompts,
+        cfg.validation_emotions,
+        cfg.validation_seeds,
+        steps=cfg.validation_steps,
+        res=run.res,
+    )
+    path = save_grid(Path(cfg.output_dir), step, grid)
+    if cfg.report_to == "tensorboard":
+        import numpy as np
+
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        writer.add_image("validation/grid", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+    return path
+
+
+def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
+    # Trackers take scalars and strings; lists (the validation grid's) are joined.
+    return {
+        k: ", ".join(map(str, v)) if isinstance(v, tuple) else v
+        for k, v in asdict(cfg).items()
+        if v is not None
+    }
 
 
 def evaluate(

@@ -135,3 +135,35 @@ def test_bad_training_setups_are_one_line_errors(cache: Path, tmp_path: Path) ->
     assert latest_checkpoint(tmp_path / "r") == result.last_checkpoint
     with pytest.raises(ConfigError, match="num_tokens=2 but the adapter"):
         train(SFTTrainConfig(output_dir=str(tmp_path / "k"), max_steps=1, num_tokens=2), cache_dir=cache)
+
+
+def test_validation_grids_and_tensorboard_leave_training_unchanged(cache: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = dict(max_steps=4, batch_size=2, checkpoint_every=4, log_every=1, learning_rate=1e-2, seed=3)
+    plain = train(SFTTrainConfig(output_dir=str(tmp_path / "plain"), **common), cache_dir=cache)  # type: ignore[arg-type]
+    cfg = SFTTrainConfig(
+        output_dir=str(tmp_path / "val"),
+        validation_every=2,
+        validation_prompts=("a dog in the snow",),
+        validation_emotions=("fear", "awe"),
+        validation_seeds=(0, 1, 2),
+        validation_steps=2,
+        report_to="tensorboard",
+        **common,  # type: ignore[arg-type]
+    )
+    watched = train(cfg, cache_dir=cache)
+    assert watched.losses == plain.losses  # rendering the grid draws nothing from training's generators
+    grids = sorted((tmp_path / "val" / "validation").glob("*.png"))
+    assert [g.name for g in grids] == ["step-000002.png", "step-000004.png"]
+    first, last = (Image.open(g) for g in grids)
+    assert first.size[0] == 3 * 64 and first.size[1] >= 2 * 64  # 3 seeds across, 2 emotions down
+    assert first.tobytes() != last.tobytes()  # the adapter moved between the two grids
+    run_logs = tmp_path / "val" / "logs" / "emodir-train"  # `tensorboard --logdir <output_dir>/logs`
+    events = EventAccumulator(str(run_logs), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "loss" in tags["scalars"] and "validation/grid" in tags["images"]
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("validation/grid")] == [2, 4]
