@@ -351,3 +351,29 @@ def reference_mode(unet: Any, lora: bool) -> Iterator[None]:
             proc.scale = scale
         if lora:
             unet.enable_adapters()
+
+
+@contextlib.contextmanager
+def frozen_adapter_mode(unet: Any, frozen: list[torch.Tensor]) -> Iterator[None]:
+    """A DPO reference that sees the visual prompt: the adapter's weights swapped for a frozen copy, no grad.
+
+    ``frozen`` holds one tensor per ``emotion_adapter_parameters(unet)`` entry (e.g. the SFT adapter a DPO
+    stage starts from). The swap exchanges storage (no copy), so entering and leaving cost nothing and the
+    trained weights come back bit for bit.
+
+    Raises:
+        ValueError: ``frozen`` does not match the adapter's parameters in number or shape.
+    """
+    params = emotion_adapter_parameters(unet)
+    if len(frozen) != len(params) or any(f.shape != p.shape for f, p in zip(frozen, params, strict=False)):
+        raise ValueError("the frozen reference does not match the emotion adapter's parameters")
+    with torch.no_grad():
+        for p, f in zip(params, frozen, strict=True):
+            p.data, f.data = f.data, p.data
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for p, f in zip(params, frozen, strict=True):
+                p.data, f.data = f.data, p.data

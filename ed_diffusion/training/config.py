@@ -288,6 +288,14 @@ class DPOTrainConfig(TrainConfig):
     w_neg_vp: float = field(
         default=1.0, metadata={"help": "Weight of DPO with a negative visual prompt (>= 0)."}
     )
+    reference: Literal["adapters_off", "initial_adapter"] = field(
+        default="adapters_off",
+        metadata={
+            "help": "The DPO terms' reference model: adapters_off (the UNet with the emotion adapter off: "
+            "no extra memory, but it never sees a visual prompt) or initial_adapter (a frozen copy of the "
+            "adapter the run starts from, e.g. SFT's: one adapter's weights more; not with LoRA)."
+        },
+    )
     negative_strategy: NegativeStrategy = field(
         default="opposite",
         metadata={
@@ -298,6 +306,12 @@ class DPOTrainConfig(TrainConfig):
 
     def _check_values(self) -> None:
         super()._check_values()
+        _require(
+            self,
+            "reference",
+            not (self.reference == "initial_adapter" and self.lora_rank > 0),
+            "adapters_off when lora_rank > 0 (the frozen copy holds the emotion adapter only)",
+        )
         _require(self, "beta", math.isfinite(self.beta) and self.beta > 0, "finite, > 0")
         for name in ("w_sft", "w_dpo", "w_neg_vp"):
             _require(self, name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, ">= 0")

@@ -22,6 +22,7 @@ from ed_diffusion.emotion_datasets import EmotionSample, load_emotion_dataset
 from ed_diffusion.encoders import FeatureEncoders
 from ed_diffusion.model_source import check_diffusers_model, load_diffusers_pipeline
 from ed_diffusion.models.adapter import (
+    emotion_adapter_parameters,
     emotion_attn_processors,
     get_emotion_projector,
     install_emotion_adapter,
@@ -345,6 +346,8 @@ class _Run:
     # The validation grid's rows (prompt x emotion): their emotions [R] and bank clusters [R, k].
     val_emotions: Tensor | None = None
     val_idx: Tensor | None = None
+    # The DPO reference adapter (reference = "initial_adapter"): the starting adapter's weights, frozen.
+    frozen: list[Tensor] | None = None
 
 
 def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank: int = 0) -> _Run:
@@ -371,6 +374,8 @@ def _setup(cfg: TrainConfig, cache_dir: Path, device: Any, world: int = 1, rank:
     run = _Run(cfg, m, SFTDataset(samples, res), pairs, pos_idx, neg_emotion, neg_idx, pair_pos, res, device)
     run.world, run.rank = world, rank
     run.inputs = {"bank": bank_path, "adapter_init": adapter_init, "data": data_path}
+    if dpo_cfg is not None and dpo_cfg.reference == "initial_adapter":  # before any resume moves the adapter
+        run.frozen = [p.detach().clone() for p in emotion_adapter_parameters(m.unet)]
     if cfg.validation_every:  # retrieved once: the grid is the same at every step
         rows = [(p, parse_emotion(e)) for p in cfg.validation_prompts for e in cfg.validation_emotions]
         run.val_idx, _, _ = _retrieve_indices(m, encoders_dir, rows, cfg.num_tokens, strategy, cfg.seed)
@@ -415,6 +420,7 @@ def _step_loss(run: _Run, step: int, seed: int, *, training: bool = True) -> tup
         images=NoisedBatch(noisy, t, target, cond, pos),
         negative_vp=negative,
         pairs=pairs,
+        frozen=run.frozen,
     )
 
 

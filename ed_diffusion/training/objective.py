@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import Tensor
 
-from ed_diffusion.models.adapter import reference_mode
+from ed_diffusion.models.adapter import frozen_adapter_mode, reference_mode
 from ed_diffusion.training.config import DPOTrainConfig, TrainConfig
 from ed_diffusion.training.losses import (
     LossOutput,
@@ -21,6 +21,8 @@ from ed_diffusion.training.losses import (
 
 _T = TypeVar("_T")
 
+Reference = Literal["adapters_off", "frozen_adapter"]
+"""The DPO reference: the UNet with its adapters off, or with a frozen copy of the adapter (e.g. SFT's)."""
 ImageTerms = Literal["own_batch", "pair_winners"]
 """Where the single-image terms (SFT, negative VP) get their images; see ``ObjectiveOptions.image_terms``."""
 
@@ -91,6 +93,11 @@ class ObjectiveOptions:
             prompt, preferred, vs under another emotion's).
         beta: the DPO strength, > 0; needed only when ``w_dpo`` or ``w_neg_vp`` is > 0.
         lora: the reference also switches LoRA layers off (a run that trains LoRA).
+        reference: ``"adapters_off"`` (default; no second copy of anything, but the reference never sees a
+            visual prompt, so the negative-VP term's ``ref⁺ = ref⁻``) or ``"frozen_adapter"``: the adapter
+            swapped for a frozen copy given to ``step_loss`` (the stage's starting adapter, e.g. SFT's), so
+            both DPO terms are measured against a model that reads the visual prompt. Its cost is one copy of
+            the adapter's weights.
         image_terms: where the SFT and negative-VP terms get their images. ``"own_batch"`` (``emodir
             train``): a batch of their own, since pairs may come from a file whose images are not the
             training data; that batch runs in one forward, the pairs in another. ``"pair_winners"`` (the
@@ -111,6 +118,7 @@ class ObjectiveOptions:
     beta: float | None = None
     lora: bool = False
     image_terms: ImageTerms = "own_batch"
+    reference: Reference = "adapters_off"
 
     def __post_init__(self) -> None:
         """Refuse weights and a beta that no step could use."""
@@ -128,6 +136,12 @@ class ObjectiveOptions:
                 raise ValueError(f"beta must be a finite number > 0 when a DPO term is weighted, got {b!r}")
         if self.image_terms not in ("own_batch", "pair_winners"):
             raise ValueError(f"image_terms {self.image_terms!r}; allowed: 'own_batch', 'pair_winners'")
+        if self.reference not in ("adapters_off", "frozen_adapter"):
+            raise ValueError(f"reference {self.reference!r}; allowed: 'adapters_off', 'frozen_adapter'")
+        if self.reference == "frozen_adapter" and self.lora:
+            raise ValueError(
+                "reference 'frozen_adapter' freezes the emotion adapter only; with LoRA use 'adapters_off'"
+            )
 
     def weights(self) -> dict[str, float]:
         """Term name (``losses.TERM_NAMES``) -> weight, every term."""
@@ -146,7 +160,12 @@ def train_objective(cfg: TrainConfig) -> ObjectiveOptions:
     lora = cfg.lora_rank > 0
     if isinstance(cfg, DPOTrainConfig):
         return ObjectiveOptions(
-            w_sft=cfg.w_sft, w_dpo=cfg.w_dpo, w_neg_vp=cfg.w_neg_vp, beta=cfg.beta, lora=lora
+            w_sft=cfg.w_sft,
+            w_dpo=cfg.w_dpo,
+            w_neg_vp=cfg.w_neg_vp,
+            beta=cfg.beta,
+            lora=lora,
+            reference="frozen_adapter" if cfg.reference == "initial_adapter" else "adapters_off",
         )
     return ObjectiveOptions(w_sft=1.0, lora=lora)
 
@@ -159,6 +178,7 @@ def step_loss(
     images: NoisedBatch | None = None,
     negative_vp: Tensor | None = None,
     pairs: NoisedBatch | None = None,
+    frozen: list[Tensor] | None = None,
 ) -> LossOutput:
     """One training step's loss and metrics (``losses.combined_loss``: ``loss``, ``<term>/<metric>``).
 
@@ -175,21 +195,31 @@ def step_loss(
             images (``images``, or the pair winners).
         pairs: ``2B`` rows, winners first: row ``i`` and ``B + i`` are one pair, sharing noise and timestep,
             both under the winner's caption and visual prompt.
+        frozen: the reference adapter's weights (``reference="frozen_adapter"``), one tensor per
+            ``emotion_adapter_parameters(unet)`` entry.
 
     Raises:
         ValueError: a weighted term's input is missing, or ``images`` is given with ``"pair_winners"``.
     """
+    if options.reference == "frozen_adapter" and frozen is None:
+        raise ValueError("reference 'frozen_adapter' needs `frozen`, the reference adapter's weights")
+
+    def ref() -> Any:
+        if options.reference == "frozen_adapter":
+            return frozen_adapter_mode(unet, _required(frozen, "frozen"))
+        return reference_mode(unet, options.lora)
+
     if options.image_terms == "pair_winners":
-        terms = _pair_winner_terms(options, err, unet, images, negative_vp, pairs)
+        terms = _pair_winner_terms(options, err, ref, images, negative_vp, pairs)
     else:
-        terms = _own_batch_terms(options, err, unet, images, negative_vp, pairs)
+        terms = _own_batch_terms(options, err, ref, images, negative_vp, pairs)
     return combined_loss(terms, {name: w for name, w in options.weights().items() if w > 0})
 
 
 def _own_batch_terms(
     o: ObjectiveOptions,
     err: ErrorFn,
-    unet: Any,
+    ref: Callable[[], Any],
     images: NoisedBatch | None,
     negative_vp: Tensor | None,
     pairs: NoisedBatch | None,
@@ -201,14 +231,14 @@ def _own_batch_terms(
         parts = [images]
         if o.w_neg_vp > 0:
             parts.append(images.with_vp(_required(negative_vp, "negative_vp")))
-        errs, refs = _forward(err, unet, o.lora, parts, reference=o.w_neg_vp > 0)
+        errs, refs = _forward(err, ref, parts, reference=o.w_neg_vp > 0)
         if o.w_sft > 0:
             terms["sft"] = _sft(errs[0])
         if refs is not None:
             terms["neg_vp"] = negative_vp_dpo_loss(errs[0], errs[1], refs[0], refs[1], o.dpo_beta)
     if o.w_dpo > 0:
         pair_rows = _required(pairs, "pairs")
-        (pair_err,), pair_refs = _forward(err, unet, o.lora, [pair_rows], reference=True)
+        (pair_err,), pair_refs = _forward(err, ref, [pair_rows], reference=True)
         assert pair_refs is not None
         err_w, err_l = pair_err.chunk(2)
         ref_w, ref_l = pair_refs[0].chunk(2)
@@ -219,7 +249,7 @@ def _own_batch_terms(
 def _pair_winner_terms(
     o: ObjectiveOptions,
     err: ErrorFn,
-    unet: Any,
+    ref: Callable[[], Any],
     images: NoisedBatch | None,
     negative_vp: Tensor | None,
     pairs: NoisedBatch | None,
@@ -232,7 +262,7 @@ def _pair_winner_terms(
     parts = [pair_rows if o.w_dpo > 0 else winners]  # [winners | losers] or [winners]
     if o.w_neg_vp > 0:
         parts.append(winners.with_vp(_required(negative_vp, "negative_vp")))  # | winners under p_v⁻
-    errs, refs = _forward(err, unet, o.lora, parts, reference=o.w_dpo > 0 or o.w_neg_vp > 0)
+    errs, refs = _forward(err, ref, parts, reference=o.w_dpo > 0 or o.w_neg_vp > 0)
     err_w = errs[0][:b]
     terms: dict[str, LossOutput] = {}
     if o.w_sft > 0:
@@ -245,7 +275,7 @@ def _pair_winner_terms(
 
 
 def _forward(
-    err: ErrorFn, unet: Any, lora: bool, parts: list[NoisedBatch], *, reference: bool
+    err: ErrorFn, ref: Callable[[], Any], parts: list[NoisedBatch], *, reference: bool
 ) -> tuple[list[Tensor], list[Tensor] | None]:
     """Per-row errors of ``parts`` from ONE trained forward and, if asked, of those rows' reference pass."""
     rows = cat_batches(parts)
@@ -253,7 +283,7 @@ def _forward(
     errs = list(torch.split(err(rows), sizes))
     if not reference:
         return errs, None
-    with reference_mode(unet, lora):  # adapters off, no grad; restored afterwards
+    with ref():  # the reference model, no grad; the trained one is restored afterwards
         refs = list(torch.split(err(rows), sizes))
     return errs, refs
 

@@ -360,3 +360,27 @@ def test_load_adapter_rejects_bad_files_with_one_line_error(tiny_dirs: dict[str,
     _assert_one_line_adapter_error(missing_key, target, "1 key(s) missing", some_key)
 
     _assert_one_line_adapter_error(good, sdxl.unet, "cross_attention_dim 32", "UNet has 64")
+
+
+def test_frozen_adapter_mode_renders_with_the_frozen_weights_and_restores_the_trained_ones(pipe: Any) -> None:
+    from ed_diffusion.models.adapter import frozen_adapter_mode
+
+    install(pipe)
+    params = emotion_adapter_parameters(pipe.unet)
+    frozen = [p.detach().clone() for p in params]  # the adapter at the start of a stage (e.g. SFT's)
+    kept = [f.clone() for f in frozen]
+    start = generate(pipe, visual_embeds())
+    with torch.no_grad():  # training moves the adapter
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    trained = [p.detach().clone() for p in params]
+    moved = generate(pipe, visual_embeds())
+    assert max_diff(moved, start) > 1e-4
+    with frozen_adapter_mode(pipe.unet, frozen):
+        assert max_diff(generate(pipe, visual_embeds()), start) == 0.0  # the reference is the frozen adapter
+        assert not torch.is_grad_enabled()
+    assert all(torch.equal(p, t) for p, t in zip(params, trained, strict=True))  # restored bit for bit
+    assert all(torch.equal(f, k) for f, k in zip(frozen, kept, strict=True))  # and the frozen copy too
+    assert max_diff(generate(pipe, visual_embeds()), moved) == 0.0
+    with pytest.raises(ValueError, match="does not match"), frozen_adapter_mode(pipe.unet, frozen[:-1]):
+        pass

@@ -167,3 +167,20 @@ def test_validation_grids_and_tensorboard_leave_training_unchanged(cache: Path, 
     assert "loss" in tags["scalars"] and "validation/grid" in tags["images"]
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Images("validation/grid")] == [2, 4]
+
+
+def test_dpo_against_the_initial_adapter_resumes_exactly(cache: Path, tmp_path: Path) -> None:
+    common = dict(
+        max_steps=4, batch_size=2, checkpoint_every=2, log_every=1, learning_rate=1e-2, w_sft=0.5, seed=2
+    )
+    plain = train(DPOTrainConfig(output_dir=str(tmp_path / "off"), **common), cache_dir=cache)  # type: ignore[arg-type]
+    frozen_cfg = dict(reference="initial_adapter", **common)
+    full = train(DPOTrainConfig(output_dir=str(tmp_path / "full"), **frozen_cfg), cache_dir=cache)  # type: ignore[arg-type]
+    assert full.losses != plain.losses  # another reference, another objective
+    part = DPOTrainConfig(output_dir=str(tmp_path / "part"), **frozen_cfg)  # type: ignore[arg-type]
+    first = train(part, cache_dir=cache, stop_after=2)
+    second = train(part, cache_dir=cache)  # the reference is the initial adapter, not the checkpoint's
+    assert first.losses + second.losses == pytest.approx(full.losses, abs=0, rel=0)
+    row = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[0])
+    # Step 1 starts at the reference itself: every DPO logit is 0, its implicit accuracy a tie (0.5).
+    assert row["neg_vp/implicit_acc"] == pytest.approx(0.5) and row["dpo/implicit_acc"] == pytest.approx(0.5)

@@ -29,11 +29,15 @@ class FakeUNet:
     def __init__(self) -> None:
         self.in_reference = False
         self.lora_off: bool | None = None
+        self.frozen_gain: float | None = None  # set under the frozen-adapter reference: err = 2x + gain * v
         self.calls: list[tuple[str, list[float], list[float]]] = []
 
     def err(self, b: NoisedBatch) -> Tensor:
         x, v = b.noisy[:, 0], b.vp[:, 0]
-        self.calls.append(("reference" if self.in_reference else "trained", x.tolist(), v.tolist()))
+        mode = "frozen" if self.frozen_gain is not None else "reference" if self.in_reference else "trained"
+        self.calls.append((mode, x.tolist(), v.tolist()))
+        if self.frozen_gain is not None:
+            return 2 * x + self.frozen_gain * v
         return 2 * x + v / 2 if self.in_reference else x + v
 
 
@@ -46,9 +50,19 @@ def fake_reference_mode(unet: FakeUNet, lora: bool) -> Iterator[None]:
         unet.in_reference = False
 
 
+@contextmanager
+def fake_frozen_mode(unet: FakeUNet, frozen: list[Tensor]) -> Iterator[None]:
+    unet.frozen_gain = float(frozen[0])  # the frozen adapter reads the visual prompt at this weight
+    try:
+        yield
+    finally:
+        unet.frozen_gain = None
+
+
 @pytest.fixture
 def unet(monkeypatch: pytest.MonkeyPatch) -> FakeUNet:
     monkeypatch.setattr(objective, "reference_mode", fake_reference_mode)
+    monkeypatch.setattr(objective, "frozen_adapter_mode", fake_frozen_mode)
     return FakeUNet()
 
 
@@ -191,3 +205,37 @@ def test_emodir_train_uses_sft_alone_for_an_sft_config_and_the_weights_of_a_dpo_
     dpo = DPOTrainConfig(w_sft=0.5, w_dpo=1.0, w_neg_vp=2.0, beta=100.0, lora_rank=4)
     assert train_objective(dpo) == ObjectiveOptions(w_sft=0.5, w_dpo=1.0, w_neg_vp=2.0, beta=100.0, lora=True)
     assert train_objective(dpo).image_terms == "own_batch"
+
+
+def test_a_frozen_adapter_reference_sees_the_visual_prompt_in_the_negative_vp_term(unet: FakeUNet) -> None:
+    opts = ObjectiveOptions(w_neg_vp=1.0, beta=4.0, reference="frozen_adapter")
+    frozen = [torch.tensor(1.0)]  # the frozen adapter reads v at full weight: ref = 2x + v
+    loss, metrics = step_loss(
+        opts, unet.err, unet, images=rows([1, 2], [0, 1]), negative_vp=tokens(LN3, 1), frozen=frozen
+    )
+    # Δ± = (x + v±) - (2x + v±) = -x for both prompts: the reference cancels the visual prompt exactly, so
+    # the logit is 0 and the loss log 2 (with adapters off it was [ln 3, 0], the test above).
+    close(metrics["neg_vp/logit"], 0.0)
+    close(loss, math.log(2))
+    both = ([1, 2, 1, 2], [0, 1, LN3, 1])
+    assert unet.calls == [("trained", *both), ("frozen", *both)]
+
+
+def test_a_frozen_adapter_reference_in_image_pair_dpo(unet: FakeUNet) -> None:
+    pairs = rows([1, 2, 1, 2], [0.5, 0.5, 0.5 + LN3, 0.5])  # the first loser differs in its visual token only
+    opts = ObjectiveOptions(w_dpo=1.0, beta=2.0, reference="frozen_adapter")
+    loss, metrics = step_loss(opts, unet.err, unet, pairs=pairs, frozen=[torch.tensor(0.0)])
+    # frozen gain 0: ref = 2x. logit = -(β/2)((m_w - m_l) - (r_w - r_l)) = -((v_w - v_l) - 0) = [ln 3, 0]
+    close(loss, (math.log(4 / 3) + math.log(2)) / 2)
+    close(metrics["dpo/implicit_acc"], 0.75)  # one positive logit, one tie
+    assert [mode for mode, _, _ in unet.calls] == ["trained", "frozen"]
+
+
+def test_a_frozen_reference_needs_its_weights_and_no_lora(unet: FakeUNet) -> None:
+    opts = ObjectiveOptions(w_neg_vp=1.0, beta=1.0, reference="frozen_adapter")
+    with pytest.raises(ValueError, match="needs `frozen`"):
+        step_loss(opts, unet.err, unet, images=rows([1], [0]), negative_vp=tokens(1))
+    with pytest.raises(ValueError, match="with LoRA"):
+        ObjectiveOptions(w_neg_vp=1.0, beta=1.0, reference="frozen_adapter", lora=True)
+    with pytest.raises(ValueError, match="reference 'sideways'"):
+        ObjectiveOptions(w_neg_vp=1.0, beta=1.0, reference="sideways")  # type: ignore[arg-type]
