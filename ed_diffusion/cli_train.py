@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +38,9 @@ def _train(ctx: typer.Context, config: Path, kind: str, resume: bool) -> None:
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err) as progress:
+    # Under torchrun / accelerate launch every process runs this; rank 0 alone shows progress and the result.
+    main = os.environ.get("RANK", "0") == "0"
+    with Progress(*columns, console=err, disable=not main) as progress:
         task = progress.add_task(f"train {kind}", total=cfg.max_steps, info="")
 
         def on_step(step: int, total: int, row: dict[str, float]) -> None:
@@ -46,10 +49,11 @@ def _train(ctx: typer.Context, config: Path, kind: str, resume: bool) -> None:
             progress.update(task, completed=step, total=total, info=info)
 
         result = train(cfg, cache_dir=settings.cache_dir, resume=resume, progress=on_step)
-    out.print(
-        f"[green]done[/] at step {result.step}; checkpoint {esc(str(result.last_checkpoint))}; "
-        f"metrics {esc(str(result.metrics_file))}"
-    )
+    if main:
+        out.print(
+            f"[green]done[/] at step {result.step}; checkpoint {esc(str(result.last_checkpoint))}; "
+            f"metrics {esc(str(result.metrics_file))}"
+        )
 
 
 @app.command("sft")

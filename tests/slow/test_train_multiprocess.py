@@ -97,3 +97,27 @@ def test_accelerate_launch_runs_two_processes_on_the_cpu(cache: Path, tmp_path: 
     two = _losses([*cmd, str(script), "sft", str(tmp_path / "acc"), "1", str(cache)], tmp_path)
     one = _losses([sys.executable, str(script), "sft", str(tmp_path / "one"), "2", str(cache)], tmp_path)["0"]
     assert set(two) == {"0", "1"} and two["0"] == pytest.approx(one, rel=1e-4)
+
+
+def test_the_cli_on_two_processes_reports_once(cache: Path, tmp_path: Path) -> None:
+    config = tmp_path / "sft.toml"
+    config.write_text(
+        f'output_dir = "{tmp_path / "cli"}"\nmax_steps = 2\nbatch_size = 1\ncheckpoint_every = 2\n'
+    )
+    emodir = str(Path(sys.executable).parent / "emodir")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_port()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EMODIR_CACHE_DIR": str(cache), "COLUMNS": "200"}
+    result = subprocess.run(
+        [*cmd, emodir, "train", "sft", str(config)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("done at step 2") == 1  # rank 0 alone reports
+    assert (tmp_path / "cli" / "checkpoint-2" / "adapter.safetensors").is_file()
