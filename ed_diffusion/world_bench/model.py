@@ -30,13 +30,21 @@ from ed_common.emotions import EMOTION_NAMES
 from ed_diffusion.tiny_models import TEXT_HIDDEN, _text_config, byte_vocab
 from ed_diffusion.world_bench.codec import PixelShuffleAutoencoder
 
-# SD 1.5's noise schedule, so the world model samples with the same scheduler code as the real one.
+# SD 1.5's betas, rescaled to zero terminal SNR, with v-prediction and trailing timesteps (Lin et al. 2024,
+# "Common diffusion noise schedules and sample steps are flawed"; all stock diffusers options). SD 1.5's own
+# schedule keeps sqrt(alpha_bar_T) = 0.068 of the image at t = T: over a 16 x 16 latent the image's mean
+# colour is then plain to see in x_T (noise in a 256-pixel mean has std 1/16), so the model learns to read it
+# there, and sampling from zero-mean noise gives every image the dataset's mean colour. In this world the
+# colour IS the emotion: fear (mean pixel ~30) came out at ~135 like everything else (docs/world-bench.md).
 SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "clip_sample": False,
+    "rescale_betas_zero_snr": True,
+    "prediction_type": "v_prediction",
+    "timestep_spacing": "trailing",
 }
 
 

@@ -154,13 +154,13 @@ def test_sft_lowers_the_held_out_denoising_error(small_world: tuple[object, ...]
     def held_out_mse() -> float:
         gen = _gen(3, "eval", 0)
         rows = torch.arange(64)
-        noisy, t, noise = _noised(train_scheduler(), test.latents[rows], gen)  # type: ignore[attr-defined]
+        noisy, t, target = _noised(train_scheduler(), test.latents[rows], gen)  # type: ignore[attr-defined]
         caps = [
             emotional_caption(test.captions[r], Emotion.from_index(int(test.emotions[r])))
             for r in rows.tolist()
         ]  # type: ignore[attr-defined]
         with torch.no_grad():
-            err = _err(unet, noisy, t, text(caps), tokens[test.emotions[rows]][:, None], noise)  # type: ignore[attr-defined, operator]
+            err = _err(unet, noisy, t, text(caps), tokens[test.emotions[rows]][:, None], target)  # type: ignore[attr-defined, operator]
         return float(err.mean())
 
     before = held_out_mse()

@@ -294,3 +294,36 @@ def test_resume_key_ignores_workers_but_not_the_schedule_or_code_version() -> No
     assert schedule_of(base | {"workers": 1}) == schedule_of(base)
     assert schedule_of(base | {"base_steps": 10}) != schedule_of(base)
     assert schedule_of(base | {"bench_version": BENCH_VERSION + 1}) != schedule_of(base)
+
+
+def test_the_world_schedule_reaches_zero_terminal_snr_with_v_prediction() -> None:
+    """At t = T the image must be gone: a 16 x 16 latent's mean colour stays readable at SD 1.5's T, and a
+    model that learns to read it there paints every sample in the dataset's mean colour (docs/world-bench.md,
+    version 4). Zero terminal SNR needs v-prediction (ε is undefined there)."""
+    from ed_diffusion.world_bench.model import sample_scheduler, train_scheduler
+
+    train, sample = train_scheduler(), sample_scheduler()
+    assert float(train.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)
+    assert train.config.prediction_type == sample.config.prediction_type == "v_prediction"
+    sample.set_timesteps(15)
+    assert int(sample.timesteps[0]) == 999  # trailing spacing: sampling starts where training's noise ends
+
+
+def test_min_snr_weights_by_hand() -> None:
+    import torch
+
+    from ed_diffusion.world_bench.train import min_snr_weights
+
+    class Sched:  # SNR = a / (1 - a): [4, 9, 1/3] at these alphas_cumprod
+        alphas_cumprod = torch.tensor([0.8, 0.9, 0.25])
+
+        class config:
+            prediction_type = "epsilon"
+
+    t = torch.tensor([0, 1, 2])
+    eps = min_snr_weights(Sched, t, gamma=5.0)
+    assert eps.tolist() == pytest.approx([1.0, 5 / 9, 1.0])  # min(SNR, 5) / SNR
+    Sched.config.prediction_type = "v_prediction"
+    v = min_snr_weights(Sched, t, gamma=5.0)
+    assert v.tolist() == pytest.approx([4 / 5, 5 / 10, (1 / 3) / (4 / 3)])  # min(SNR, 5) / (SNR + 1)
+    assert min_snr_weights(Sched, t, gamma=0.0).tolist() == [1.0, 1.0, 1.0]
