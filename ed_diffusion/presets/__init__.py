@@ -14,7 +14,12 @@ from typing import Literal, Protocol
 from ed_common.errors import InvalidInputError
 from ed_diffusion.model_source import ModelMissingError
 from ed_diffusion.presets.tiny import ensure_tiny_preset
-from ed_diffusion.presets.world import WorldPresetFiles, world_preset_files, world_preset_ready
+from ed_diffusion.presets.world import (
+    SHIPPED_WORLD_PRESET,
+    WorldPresetFiles,
+    world_preset_files,
+    world_preset_ready,
+)
 
 
 class WorldBuilder(Protocol):
@@ -127,8 +132,10 @@ def resolve_preset(
 def _world_files(
     root: Path, build_world: WorldBuilder | None, on_progress: Callable[[str], None] | None
 ) -> WorldPresetFiles:
-    if world_preset_ready(root):
+    if world_preset_ready(root):  # one the user installed (`emodir world bench`) wins over the shipped one
         return world_preset_files(root)
+    if world_preset_ready(SHIPPED_WORLD_PRESET):  # the weights that ship with the package: no first build
+        return world_preset_files(SHIPPED_WORLD_PRESET)
     if build_world is None:
         raise ModelMissingError(
             f"the world preset is not installed in {root}; `emodir world bench` installs it, and "

@@ -26,6 +26,10 @@ from ed_diffusion.world_bench.layout import (
     PRESET_SYSTEM,
 )
 
+# The preset that ships with the package (seed 0 of the benchmark in docs/world-bench.md, ~4 MB): used when
+# none is installed in the cache, so `emodir generate --preset world` needs no first build. Read-only.
+SHIPPED_WORLD_PRESET = Path(__file__).resolve().parent / "world_weights"
+
 
 @dataclass(frozen=True)
 class WorldPresetFiles:

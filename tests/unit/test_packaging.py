@@ -114,3 +114,17 @@ def test_setup_server_env_runs_the_recipe_once_and_names_a_failed_step(tmp_path:
     a_file.write_text("")
     with pytest.raises(server_env.ServerEnvError, match="is a file"):
         server_env.setup_server_env(a_file, gpu=False, run=run)
+
+
+def test_the_shipped_world_preset_is_current_and_in_the_wheel(tmp_path: Path) -> None:
+    from ed_diffusion.presets import resolve_preset
+    from ed_diffusion.presets.world import SHIPPED_WORLD_PRESET, world_preset_ready
+
+    assert world_preset_ready(SHIPPED_WORLD_PRESET)  # this BENCH_VERSION; else retrain and reship it
+    spec = resolve_preset("world", tmp_path / "empty-cache")  # none installed, no builder: the shipped one
+    assert Path(spec.model).is_relative_to(SHIPPED_WORLD_PRESET) and Path(spec.adapter or "").is_file()
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["ed_diffusion.presets"]
+    root = REPO_ROOT / "ed_diffusion" / "presets"
+    files = {p for p in SHIPPED_WORLD_PRESET.rglob("*") if p.is_file()}
+    assert files == {p for g in globs for p in root.glob(g) if p.is_file()}
+    assert sum(p.stat().st_size for p in files) < 6_000_000  # "a few MB"
