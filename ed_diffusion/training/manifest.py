@@ -65,7 +65,8 @@ class RunManifest:
     ) -> RunManifest:
         """Write the manifest of an attempt that starts at ``start_step`` (0: a new run, else a resume)."""
         path = out / MANIFEST_FILE
-        now, config = _now(), asdict(cfg)
+        # JSON's view of the config (tuples become lists), so a resume compares like with like.
+        now, config = _now(), json.loads(json.dumps(asdict(cfg)))
         attempt: dict[str, Any] = {
             "emodir_version": package_version(),
             "git_sha": git_sha(),

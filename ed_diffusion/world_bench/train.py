@@ -208,9 +208,8 @@ def min_snr_weights(scheduler: Any, t: Tensor, gamma: float) -> Tensor:
     alpha = scheduler.alphas_cumprod.to(torch.float32)[t]
     snr = alpha / (1 - alpha).clamp(min=1e-12)
     capped = torch.clamp(snr, max=gamma)
-    if scheduler.config.prediction_type == "v_prediction":
-        return capped / (snr + 1)
-    weights: Tensor = capped / snr.clamp(min=1e-12)
+    divisor = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr.clamp(min=1e-12)
+    weights: Tensor = capped / divisor
     return weights
 
 
