@@ -59,8 +59,12 @@ def test_eval_report_never_replaces_a_file_without_overwrite(tmp_path: Path, cap
     precious.write_text("mine")
     line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(precious)])
     assert "already exists; pass --overwrite" in line and precious.read_text() == "mine"
-    line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(tmp_path / "cmp.html")])
-    assert "written as Markdown; give a .md path" in line
+    line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(tmp_path / "cmp.txt")])
+    assert "allowed a .md (Markdown) or .html file" in line
+    precious_page = tmp_path / "cmp.html"
+    precious_page.write_text("mine too")
+    line = one_line(capsys, ["eval", "report", str(tmp_path), "--out", str(precious_page)])
+    assert "already exists; pass --overwrite" in line and precious_page.read_text() == "mine too"
 
 
 def test_an_os_error_during_the_work_is_one_line_with_its_path(
