@@ -140,7 +140,9 @@ class ContextSettings(BaseModel):
     temperature: float | None = _described("temperature")
     max_tokens: int | None = _described("max_tokens")
     max_prompt_tokens: int | None = _described("max_prompt_tokens")
-    preset: Literal["tiny", "world", "sd15", "sdxl"] | None = _described("preset")
+    # Only the two small presets: each preset a client names stays loaded in the server process, and a
+    # full-size one is the server's to choose (its own `preset` setting).
+    preset: Literal["tiny", "world"] | None = _described("preset")
 
     def __init__(self, **data: Any) -> None:
         # langgraph builds the context schema from the run's dict with ``ContextSettings(**context)``:
@@ -155,6 +157,29 @@ class ContextSettings(BaseModel):
     def _split_personas(cls, value: Any) -> Any:
         if isinstance(value, str):  # "a,b" as Settings takes it from a flag or the environment
             return tuple(p.strip() for p in value.split(",") if p.strip()) or None
+        return value
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _loopback_only(cls, value: str | None) -> str | None:
+        # A client may point the run at an LLM server on the server's own machine, never elsewhere: the
+        # server must not become a way to reach other hosts (the request carries the server's API key
+        # only when the URL is the server's own, see _settings_for).
+        if value is None:
+            return None
+        import httpx
+
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return value  # Settings' own validator names the problem
+        host = url.host
+        if url.scheme not in ("http", "https") or not host:
+            return value  # likewise
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"allowed: an http(s) URL on this machine (127.0.0.1, localhost or ::1), not {host!r}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -215,8 +240,13 @@ _BUILD_LOCK = threading.Lock()
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _settings_for(key: str) -> Settings:
     # The server's settings (environment, TOML file) with the client's choices on top, validated again as
-    # a whole by load_settings (read here, at the server's entry point for this context).
-    return load_settings(**json.loads(key))
+    # a whole by load_settings (read here, at the server's entry point for this context). The server's API
+    # key goes only to the server's own LLM URL: a client-chosen URL gets none.
+    updates = json.loads(key)
+    settings = load_settings(**updates)
+    if "llm_base_url" in updates and updates["llm_base_url"] != load_settings().llm_base_url:
+        settings = load_settings(**updates, llm_api_key="EMPTY")
+    return settings
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

@@ -128,6 +128,8 @@ def run_differences(runs: list[tuple[str, Path]]) -> list[str]:
             manifest = json.loads((run / "manifest.json").read_text())
         except (OSError, ValueError):
             manifest = {}
+        if not isinstance(manifest, dict):  # damaged: compare what the suite says
+            manifest = {}
         suite = manifest.get("suite") or load_suite(run / "suite.yaml").model_dump(mode="json")
         settings = {k: v for k, v in (manifest.get("settings") or {}).items() if k not in _IGNORED_SETTINGS}
         diffusion = {
@@ -141,7 +143,11 @@ def run_differences(runs: list[tuple[str, Path]]) -> list[str]:
                 "settings": settings,
                 "llm_model": (manifest.get("llm") or {}).get("model"),
                 "diffusion": diffusion,
-                "prompt_files": {f["id"]: f["sha256"] for f in manifest.get("prompt_files") or []},
+                "prompt_files": {
+                    str(f.get("id")): f.get("sha256")
+                    for f in manifest.get("prompt_files") or []
+                    if isinstance(f, dict)
+                },
             }
         )
 

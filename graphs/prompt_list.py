@@ -106,6 +106,10 @@ def _read_csv(path: Path, text: str, default_emotion: Emotion | None) -> list[Pr
     try:
         for row in reader:
             number = reader.line_num
+            if None in row:  # more fields than the header names
+                raise InvalidInputError(
+                    f"{path}:{number}: more fields than the header's columns (prompt, emotion)"
+                )
             prompt = row.get("prompt")
             if (prompt or "").lstrip().startswith("#") or not any((v or "").strip() for v in row.values()):
                 continue

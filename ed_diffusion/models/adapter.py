@@ -369,6 +369,8 @@ def frozen_adapter_mode(unet: Any, frozen: list[torch.Tensor]) -> Iterator[None]
         raise ValueError("the frozen reference does not match the emotion adapter's parameters")
     with torch.no_grad():
         for p, f in zip(params, frozen, strict=True):
+            if f.device != p.device or f.dtype != p.dtype:  # copied before the UNet moved (e.g. to CUDA)
+                f.data = f.data.to(device=p.device, dtype=p.dtype)
             p.data, f.data = f.data, p.data
     try:
         with torch.no_grad():

@@ -506,11 +506,12 @@ def train(
         if manifest is not None:
             manifest.end("interrupted", state.step, state.last_ckpt)
         raise
+    finally:
+        if tracker:  # flushed and closed whatever happened: a failed run's logs are still worth reading
+            accelerator.end_training()
     if manifest is not None:  # stop_after ends a run early, as an interrupt would
         status: Status = "finished" if state.step >= cfg.max_steps else "interrupted"
         manifest.end(status, state.step, state.last_ckpt)
-    if tracker:
-        accelerator.end_training()
     return TrainResult(out, state.step, state.last_ckpt, metrics_file, state.losses)
 
 
@@ -542,7 +543,13 @@ def _steps(
         value, metrics = 0.0, dict[str, float]()
         for micro in range(cfg.grad_accum):
             loss, micro_metrics = _step_loss(run, state.step * cfg.grad_accum + micro, cfg.seed)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if accelerator.num_processes > 1:  # every rank stops together: one leaving alone hangs the rest
+                bad = accelerator.reduce(
+                    torch.tensor([0.0 if finite else 1.0], device=accelerator.device), "sum"
+                )
+                finite = float(bad[0]) == 0.0
+            if not finite:
                 raise TrainingDivergedError(
                     f"loss became {loss.item()} at step {state.step + 1}; stopped. The last good checkpoint "
                     f"({state.last_ckpt or 'none yet'}) is kept; lower the learning rate or beta"
@@ -556,6 +563,11 @@ def _steps(
                 torch.tensor([value, *metrics.values()], device=accelerator.device), "mean"
             )
             value, metrics = float(packed[0]), dict(zip(metrics, packed[1:].tolist(), strict=True))
+        bank = run.m.bank_param
+        if accelerator.num_processes > 1 and bank is not None and bank.grad is not None:
+            # The trainable bank is outside the DDP-wrapped UNet: average its gradient by hand, or the ranks'
+            # banks (and, through the clipping norm, their UNet steps) drift apart.
+            bank.grad = accelerator.reduce(bank.grad, "mean")
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         lr_sched.step()

@@ -384,3 +384,8 @@ def test_frozen_adapter_mode_renders_with_the_frozen_weights_and_restores_the_tr
     assert max_diff(generate(pipe, visual_embeds()), moved) == 0.0
     with pytest.raises(ValueError, match="does not match"), frozen_adapter_mode(pipe.unet, frozen[:-1]):
         pass
+    # A copy made before the UNet moved (here: another dtype, as CPU vs CUDA) follows it at the first swap.
+    other = [f.double() for f in kept]
+    with frozen_adapter_mode(pipe.unet, other):
+        assert max_diff(generate(pipe, visual_embeds()), start) < 1e-6
+    assert all(o.dtype == p.dtype for o, p in zip(other, params, strict=True))

@@ -30,7 +30,10 @@ from ed_diffusion.training.loop import train
 kind, out, bs, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 common = dict(output_dir=out, max_steps=4, batch_size=bs, checkpoint_every=2, log_every=1, learning_rate=1e-3,
               seed=4)
-cfg = SFTTrainConfig(**common) if kind == "sft" else DPOTrainConfig(**common, w_sft=0.5)
+if kind == "sft_bank":  # the trainable bank is outside the DDP-wrapped UNet
+    cfg = SFTTrainConfig(**common, train_bank=True)
+else:
+    cfg = SFTTrainConfig(**common) if kind == "sft" else DPOTrainConfig(**common, w_sft=0.5)
 res = train(cfg, cache_dir=Path(cache))
 print("RANK", os.environ.get("RANK", "0"), "LOSSES", json.dumps(res.losses), flush=True)
 """
@@ -56,7 +59,7 @@ def _losses(cmd: list[str], tmp_path: Path) -> dict[str, list[float]]:
     return found
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "sft_bank"])
 def test_two_processes_give_the_loss_sequence_of_one(cache: Path, tmp_path: Path, kind: str) -> None:
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)

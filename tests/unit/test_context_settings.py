@@ -48,7 +48,9 @@ def _fresh_caches() -> Iterator[None]:
         ({"max_prompt_tokens": 80}, ["max_prompt_tokens=80", "allowed: 1 to 75"]),
         ({"llm_base_url": "ftp://x"}, ["llm_base_url='ftp://x'", "http(s) URL"]),
         ({"llm_base_url": "http://"}, ["llm_base_url='http://'"]),
-        ({"preset": "huge"}, ["preset='huge'", "'tiny'", "'sdxl'"]),
+        ({"preset": "huge"}, ["preset='huge'", "'tiny'", "'world'"]),
+        ({"preset": "sdxl"}, ["preset='sdxl'"]),  # full-size presets are the server's own choice
+        ({"llm_base_url": "http://10.0.0.7:8000/v1"}, ["llm_base_url=", "on this machine", "'10.0.0.7'"]),
     ],
 )
 def test_a_bad_value_is_one_error_naming_the_field(value: dict[str, Any], words: list[str]) -> None:
@@ -252,3 +254,16 @@ def test_langgraph_json_allows_exactly_the_state_types() -> None:
     config = json.loads((REPO_ROOT / "langgraph.json").read_text())
     allowed = config["checkpointer"]["serde"]["allowed_msgpack_modules"]
     assert [tuple(entry) for entry in allowed] == list(STATE_TYPES)
+
+
+def test_a_client_chosen_llm_url_never_gets_the_servers_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ed_agents.context import _settings_for
+
+    monkeypatch.setenv("EMODIR_LLM_API_KEY", "server-secret")
+    monkeypatch.setenv("EMODIR_LLM_BASE_URL", "http://127.0.0.1:8765/v1")
+    _settings_for.cache_clear()
+    own = _settings_for('{"seed": 1}')
+    assert own.llm_api_key == "server-secret"  # the server's own LLM keeps its key
+    chosen = _settings_for('{"llm_base_url": "http://127.0.0.1:9/v1"}')
+    assert chosen.llm_base_url == "http://127.0.0.1:9/v1" and chosen.llm_api_key == "EMPTY"
+    _settings_for.cache_clear()

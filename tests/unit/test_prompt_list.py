@@ -52,6 +52,7 @@ def test_csv_with_a_header(tmp_path: Path) -> None:
         ("p.csv", "text,emotion\na dog,fear\n", "header with a 'prompt' column"),
         ("p.csv", "prompt,mood\na dog,fear\n", "unknown column 'mood'"),
         ("p.csv", "prompt,emotion\na dog,rage\n", "p.csv:2: unknown emotion 'rage'"),
+        ("p.csv", "prompt,emotion\n,fear,extra\n", "p.csv:2: more fields than the header"),
     ],
 )
 def test_bad_files_name_the_line(tmp_path: Path, name: str, text: str, needle: str) -> None:
