@@ -27,7 +27,7 @@ from ed_common.limits import MAX_SEED
 from ed_common.text import short_repr
 from ed_common.user_files import read_user_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = bundled.PACKAGES_ROOT  # the checkout (or site-packages, for a wheel)
 DEFAULT_CONFIG_FILE = Path(user_config_dir("emodir")) / "config.toml"
 
 

@@ -140,23 +140,44 @@ class EmotionPipeline:
                 f"visual_prompt is for {choice.emotion.value}, the request for {parse_emotion(emotion).value}"
             )
         pos, neg = self.tokens_for(choice)
-        unet = self.pipe.unet
-        # diffusers runs classifier-free guidance (chunking the embeds into neg, pos) only when guidance > 1.
-        pairs = [neg, pos] if guidance_scale > 1.0 else [pos]
-        embeds = torch.cat(pairs).to(self.pipe.device, unet.dtype)  # [2 or 1, 1, k, d_v]
-        if seeds is not None:
-            pipe_kwargs["generator"] = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        set_emotion_scale(unet, float(vp_scale))
-        out = self.pipe(
-            prompt=prompt,
-            ip_adapter_image_embeds=[embeds],
-            num_images_per_prompt=n,
-            guidance_scale=guidance_scale,
-            **pipe_kwargs,
+        set_emotion_scale(self.pipe.unet, float(vp_scale))
+        out = call_with_tokens(
+            self.pipe, prompt, pos, neg, seeds=seeds, n=n, guidance_scale=guidance_scale, **pipe_kwargs
         )
         return EmotionPipelineOutput(
             images=list(out.images), visual_prompt=choice, seeds=None if seeds is None else list(seeds)
         )
+
+
+def call_with_tokens(
+    pipe: Any,
+    prompt: str,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    *,
+    seeds: Sequence[int] | None,
+    n: int,
+    guidance_scale: float,
+    **pipe_kwargs: Any,
+) -> Any:
+    """One stock pipeline call of ``n`` images under visual tokens ``pos`` / ``neg`` (``[1, 1, k, d_v]``).
+
+    The one place the tokens become ``ip_adapter_image_embeds`` and seeds become generators (one per image):
+    the renderer and the trainers' validation grids both call it. Returns the pipeline's output.
+    """
+    unet = pipe.unet
+    # diffusers runs classifier-free guidance (chunking the embeds into neg, pos) only when guidance > 1.
+    pairs = [neg, pos] if guidance_scale > 1.0 else [pos]
+    embeds = torch.cat(pairs).to(pipe.device, unet.dtype)  # [2 or 1, 1, k, d_v]
+    if seeds is not None:
+        pipe_kwargs["generator"] = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    return pipe(
+        prompt=prompt,
+        ip_adapter_image_embeds=[embeds],
+        num_images_per_prompt=n,
+        guidance_scale=guidance_scale,
+        **pipe_kwargs,
+    )
 
 
 def _image_count(seeds: Sequence[int] | None, n: int | None, generator: Any) -> int:

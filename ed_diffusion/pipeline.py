@@ -104,10 +104,7 @@ class MCDiffusion:
         # take turns instead of racing on that shared state.
         self._render_lock = threading.Lock()
         self._loaded = False
-        self.pipe: Any = None
-        self.emotion: Any = None  # the EmotionPipeline over ``pipe`` (emotion_pipeline.py)
-        self.bank: VisualPromptBank | None = None
-        self.encoders: Any = None
+        self.emotion: Any = None  # the EmotionPipeline (emotion_pipeline.py): stock pipeline, bank, encoders
         self.load_seconds = 0.0
         self._description: dict[str, Any] = {}
 
@@ -146,10 +143,19 @@ class MCDiffusion:
                 adapter=_existing(p.adapter, "adapter weights") if p.adapter is not None else None,
                 encoders=p.encoders,
             )
-            self.pipe, self.bank, self.encoders = pipe, bank, self.emotion.encoders
             self._description = self._describe()  # bank/adapter files can be large: hash them once
             self.load_seconds = time.perf_counter() - start
             self._loaded = True
+
+    @property
+    def pipe(self) -> Any:
+        """The stock diffusers pipeline (None until loaded)."""
+        return None if self.emotion is None else self.emotion.pipe
+
+    @property
+    def bank(self) -> VisualPromptBank | None:
+        """The visual-prompt bank (None until loaded)."""
+        return None if self.emotion is None else self.emotion.bank
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(

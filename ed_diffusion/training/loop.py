@@ -315,13 +315,19 @@ def _noise(
     return noisy, t, target
 
 
-def _latents(run: _Run, pixels: Tensor, gen: torch.Generator) -> Tensor:
+def _latents(run: _Run, pixels: Tensor, gen: torch.Generator, *, blocks: int = 1) -> Tensor:
+    """VAE samples of this process's rows; ``pixels`` holds ``blocks`` equal blocks (pairs: winners, losers).
+
+    The VAE's noise is drawn for the whole global batch, stacked as one process would hold it (block by
+    block), and each block keeps this process's rows (``_shard``).
+    """
     m = run.m
     with torch.no_grad():
         dist = m.vae.encode(pixels.to(m.vae.device, m.vae.dtype)).latent_dist
-        shape = (dist.mean.shape[0] * run.world, *dist.mean.shape[1:])
-        z = dist.mean + dist.std * _shard(run, torch.randn(shape, generator=gen)).to(dist.mean)
-        scaled: Tensor = z * m.vae.config.scaling_factor
+        rows = dist.mean.shape[0] // blocks * run.world  # one block's global rows
+        eps = torch.randn((blocks * rows, *dist.mean.shape[1:]), generator=gen)
+        mine = torch.cat([_shard(run, block) for block in torch.split(eps, rows)]).to(dist.mean)
+        scaled: Tensor = (dist.mean + dist.std * mine) * m.vae.config.scaling_factor
         return scaled
 
 
@@ -663,9 +669,7 @@ def _pair_batch(run: _Run, step: int, seed: int, gen: torch.Generator) -> Noised
     cond = _encode(
         m, batch["captions"], batch["original_sizes"], batch["crop_top_lefts"], run.res, run.device
     )
-    # [2B, ...] winners first. The VAE draw covers winners and losers of the whole global batch, as stacked
-    # on one process ([W_0..W_{n-1}, L_0..L_{n-1}]): this process keeps its winners' rows and its losers'.
-    latents = _pair_latents(run, batch["pixel_values"], b, gen)
+    latents = _latents(run, batch["pixel_values"], gen, blocks=2)  # [2B, ...] winners first
     n = b * run.world
     noise = _shard(run, torch.randn((n, *latents.shape[1:]), generator=gen)).to(latents)
     high = min(cfg.max_timestep, m.scheduler.config.num_train_timesteps)
@@ -676,17 +680,6 @@ def _pair_batch(run: _Run, step: int, seed: int, gen: torch.Generator) -> Noised
     target = m.scheduler.get_velocity(latents, noise2, t2) if v_pred else noise2
     tokens = _tokens(m, batch["emotions"], torch.cat([run.pair_pos[torch.tensor(rows)]] * 2)).to(run.device)
     return NoisedBatch(noisy, t2, target, cond, tokens)
-
-
-def _pair_latents(run: _Run, pixels: Tensor, b: int, gen: torch.Generator) -> Tensor:
-    m = run.m
-    with torch.no_grad():
-        dist = m.vae.encode(pixels.to(m.vae.device, m.vae.dtype)).latent_dist
-        n = b * run.world
-        eps = torch.randn((2 * n, *dist.mean.shape[1:]), generator=gen)
-        mine = torch.cat([_shard(run, eps[:n]), _shard(run, eps[n:])]).to(dist.mean)
-        scaled: Tensor = (dist.mean + dist.std * mine) * m.vae.config.scaling_factor
-        return scaled
 
 
 def _batch_rows(step: int, size: int, n: int, seed: int) -> list[int]:

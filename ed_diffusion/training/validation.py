@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ed_common.atomic import write_bytes_atomic
+from ed_diffusion.emotion_pipeline import call_with_tokens
 from ed_diffusion.images import contact_sheet
 
 VALIDATION_GUIDANCE = 5.0  # classifier-free guidance of validation images (the presets' own default)
@@ -45,16 +46,17 @@ def render_grid(
     try:
         rows = [(p, e) for p in prompts for e in emotions]
         for (prompt, emotion), pos in zip(rows, tokens, strict=True):
-            pos = pos[None, None].to(unet.device, unet.dtype)  # [1, 1, k, d]
-            embeds = torch.cat([torch.zeros_like(pos), pos])  # zeros: IP-Adapter's unconditional branch
+            pos = pos[None, None]  # [1, 1, k, d]; zeros: IP-Adapter's unconditional branch
             with torch.no_grad():
-                out = pipe(
-                    prompt=prompt,
-                    ip_adapter_image_embeds=[embeds],
-                    num_images_per_prompt=len(seeds),
-                    generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-                    num_inference_steps=steps,
+                out = call_with_tokens(
+                    pipe,
+                    prompt,
+                    pos,
+                    torch.zeros_like(pos),
+                    seeds=seeds,
+                    n=len(seeds),
                     guidance_scale=VALIDATION_GUIDANCE,
+                    num_inference_steps=steps,
                     width=res,
                     height=res,
                 )

@@ -45,6 +45,19 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _torchrun() -> list[str]:
+    """``torchrun --nproc_per_node 2`` on a free port, through this interpreter (no PATH needed)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_port()),
+    ]
+
+
 def _losses(cmd: list[str], tmp_path: Path) -> dict[str, list[float]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     result = subprocess.run(
@@ -64,16 +77,7 @@ def test_two_processes_give_the_loss_sequence_of_one(cache: Path, tmp_path: Path
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)
     one = _losses([sys.executable, str(script), kind, str(tmp_path / "one"), "2", str(cache)], tmp_path)["0"]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_port()),
-    ]
-    two = _losses([*torchrun, str(script), kind, str(tmp_path / "two"), "1", str(cache)], tmp_path)
+    two = _losses([*_torchrun(), str(script), kind, str(tmp_path / "two"), "1", str(cache)], tmp_path)
     assert set(two) == {"0", "1"}  # both ranks ran, each knowing its rank
     # The same draws and the same averaged gradients: equal up to the float order of the gradient all-reduce.
     assert two["0"] == pytest.approx(one, rel=1e-4) and two["1"] == two["0"]
@@ -86,7 +90,7 @@ def test_accelerate_launch_runs_two_processes_on_the_cpu(cache: Path, tmp_path: 
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)
     # accelerate's --cpu flag starts one process unless MPI is set up; --multi_gpu is its torch.distributed
-    # launcher, and the trainer picks gloo where there is no accelerator (docs/recipe.md).
+    # launcher, and the trainer picks gloo where there is no accelerator (docs/design.md, Training).
     cmd = [
         sys.executable,
         "-m",
@@ -108,18 +112,13 @@ def test_the_cli_on_two_processes_reports_once(cache: Path, tmp_path: Path) -> N
         f'output_dir = "{tmp_path / "cli"}"\nmax_steps = 2\nbatch_size = 1\ncheckpoint_every = 2\n'
     )
     emodir = str(Path(sys.executable).parent / "emodir")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_port()),
-    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EMODIR_CACHE_DIR": str(cache), "COLUMNS": "200"}
     result = subprocess.run(
-        [*cmd, emodir, "train", "sft", str(config)], cwd=tmp_path, env=env, capture_output=True, text=True
+        [*_torchrun(), emodir, "train", "sft", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stdout.count("done at step 2") == 1  # rank 0 alone reports
