@@ -19,6 +19,7 @@ from ed_common.git_state import package_version
 from ed_common.text import esc
 from ed_diffusion import cli_bank, cli_train, cli_world
 from evals.cli_eval import eval_app
+from evals.cli_pairs import pairs_app
 from graphs import cli_agent
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ for name, group in (
     ("train", cli_train.app),
     ("world", cli_world.app),
     ("eval", eval_app),
+    ("pairs", pairs_app),
 ):
     app.add_typer(group, name=name)
 for command in (cli_agent.rewrite, cli_agent.generate, cli_agent.chat):

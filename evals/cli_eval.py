@@ -42,7 +42,8 @@ out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def _settings(ctx: typer.Context, suite: Suite, suite_file: Path, **flags: Any) -> Settings:
+def suite_settings(ctx: typer.Context, suite: Suite, suite_file: Path, **flags: Any) -> Settings:
+    """The settings a suite runs under (``eval run``, ``pairs build``)."""
     # Flags > the suite's `settings:` > EMODIR_* env > TOML file > defaults: the suite is the experiment.
     config = (ctx.obj or {}).get("config")
     overrides = {**suite.settings, **{k: v for k, v in flags.items() if v is not None}}
@@ -116,7 +117,7 @@ def eval_run(
     suite = load_suite(suite_file)
     if agents_only:  # part of the run's identity, so a resume must say it again
         suite = suite.model_copy(update={"images_per_prompt": 0})
-    settings = _settings(ctx, suite, suite_file, preset=preset)
+    settings = suite_settings(ctx, suite, suite_file, preset=preset)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
     if not 0 <= max_failed <= 1:
@@ -143,7 +144,7 @@ def eval_run(
 
         with err_console.status("checking the LLM server") as status:
             ensure_llm(settings, autostart=settings.autostart and not no_autostart, on_progress=status.update)
-    renderer = _renderer(settings, shard) if suite.images_per_prompt else None
+    renderer = suite_renderer(settings, shard) if suite.images_per_prompt else None
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -208,7 +209,8 @@ def eval_run(
         )
 
 
-def _renderer(settings: Settings, shard: Shard) -> Any:
+def suite_renderer(settings: Settings, shard: Shard) -> Any:
+    """The renderer of ``settings`` on this process's device (one GPU per rank), loaded with a status line."""
     import torch
 
     from ed_diffusion.logs import quiet_third_party

@@ -270,7 +270,8 @@ class DPOTrainConfig(TrainConfig):
     pairs: str | None = field(
         default=None,
         metadata={
-            "help": "Image-pair JSONL ({caption, emotion, winner, loser}) for the dpo term. None: with the "
+            "help": "Image pairs for the dpo term: a JSONL of {caption, emotion, winner, loser} (what "
+            "`emodir pairs build` writes) or a w/ + l/ folder (<emotion>/w, <emotion>/l). None: with the "
             "tiny preset, pairs from its toy dataset; otherwise required when w_dpo > 0."
         },
     )

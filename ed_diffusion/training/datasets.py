@@ -29,6 +29,7 @@ from ed_common.emotions import EMOTION_NAMES, Emotion, UnknownEmotionError, pars
 from ed_common.image_files import ImageReadError, read_rgb
 from ed_diffusion.emotion_datasets import EmotionSample, LoadSummary, finish_summary, load_emotion_dataset
 from ed_diffusion.errors import DatasetError
+from ed_diffusion.training.pair_folders import read_pair_folders
 
 logger = logging.getLogger(__name__)
 
@@ -212,14 +213,16 @@ class PreferencePair:
 def load_preference_pairs(
     path: str | os.PathLike[str], *, verify_images: bool = True
 ) -> tuple[list[PreferencePair], LoadSummary]:
-    """Read a JSONL of ``{"caption": ..., "emotion": ..., "winner": ..., "loser": ...}`` rows.
+    """Read a JSONL of ``{"caption": ..., "emotion": ..., "winner": ..., "loser": ...}`` rows, or a folder.
+
+    A directory is read as the ``w/`` + ``l/`` layout of ``pair_folders`` (kohya's, one subset per emotion).
 
     Image paths are relative to the JSONL file's directory (absolute paths are kept); extra keys are ignored.
     A bad row (malformed, unknown emotion, missing or unreadable image, winner == loser) is counted by reason
     in the ``LoadSummary``, logged once as a warning and skipped.
 
     Args:
-        path: the JSONL file.
+        path: the JSONL file (e.g. ``emodir pairs build``'s ``pairs.jsonl``) or a pair folder.
         verify_images: open each image header (PIL ``verify``) and skip unreadable ones.
 
     Returns:
@@ -229,8 +232,10 @@ def load_preference_pairs(
         DatasetError: the file is missing or no row is usable.
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        return _load_pair_folders(p, verify_images)
     if not p.is_file():
-        raise DatasetError(f"preference-pair JSONL {p} does not exist")
+        raise DatasetError(f"preference-pair JSONL (or w/ + l/ folder) {p} does not exist")
     summary = LoadSummary(source=str(p))
     pairs: list[PreferencePair] = []
     with p.open(encoding="utf-8") as fh:
@@ -247,6 +252,20 @@ def load_preference_pairs(
         unit="pairs",
         empty=f"preference-pair JSONL {p} has no usable pairs",
     )
+    return pairs, summary
+
+
+def _load_pair_folders(root: Path, verify: bool) -> tuple[list[PreferencePair], LoadSummary]:
+    rows, summary = read_pair_folders(root)
+    pairs = []
+    for caption, emotion, winner, loser in rows:
+        bad = next((image for image in (winner, loser) if verify and not _verifies(image)), None)
+        if bad is not None:
+            summary.skip("unreadable_image", str(bad.relative_to(root.resolve())), str(bad))
+            continue
+        pairs.append(PreferencePair(caption=caption, emotion=emotion, winner=winner, loser=loser))
+    empty = f"pair folder {root} has no usable pairs"
+    finish_summary(summary, [pair.emotion for pair in pairs], unit="pairs", empty=empty)
     return pairs, summary
 
 
