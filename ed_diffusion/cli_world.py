@@ -1,4 +1,4 @@
-"""`emodir world bench|check`: the synthetic affective world (registered in ``cli.py``)."""
+"""`emodir world make|bench|check`: the synthetic affective world (registered in ``cli.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ed_common.paths import check_writable
 from ed_common.text import esc, short_repr
 
 app = typer.Typer(
-    no_args_is_help=True, help="The synthetic affective world: benchmark the trainers, check images."
+    no_args_is_help=True,
+    help="The synthetic affective world: make a dataset, benchmark the trainers, check images.",
 )
 
 
@@ -33,6 +34,30 @@ def _seeds_option(value: str | None) -> tuple[int, ...] | None:
     if problem := seeds_problem(seeds):
         raise InvalidInputError(f"--seeds {short_repr(value)}: {problem}")
     return seeds
+
+
+@app.command("make")
+def world_make(
+    out_dir: Annotated[Path, typer.Option("--out", help="New or empty directory for the world.")],
+    train: Annotated[int, typer.Option(min=1, max=1_000_000, help="Train images (shortcut-biased).")] = 4000,
+    test: Annotated[int, typer.Option(min=1, max=1_000_000, help="Test images (unusual pairs only).")] = 256,
+    seed: Annotated[int, typer.Option(min=0, help="World seed: same arguments, same bytes.")] = 0,
+    size: Annotated[int, typer.Option(min=24, max=256, help="Image side in pixels.")] = 32,
+    shortcut: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Train probability of an emotion's typical content.")
+    ] = 0.9,
+) -> None:
+    """Write a world as an emotion image-text dataset: PNGs, train.jsonl / test.jsonl ({image, caption,
+    emotion, content}, what `bank build` and `train sft` read) and world.json."""
+    from ed_diffusion.world.dataset import make_world
+
+    check_writable(out_dir)
+    with err.status(f"drawing {train + test} world images"):
+        paths = make_world(out_dir, n_train=train, n_test=test, seed=seed, size=size, shortcut=shortcut)
+    out.print(
+        f"[green]done[/]: {train} train + {test} test images in {esc(str(paths.root))} "
+        f"({esc(str(paths.train_jsonl))}, {esc(str(paths.test_jsonl))})"
+    )
 
 
 @app.command("bench")

@@ -40,12 +40,20 @@ def save_png_atomic(image: Image.Image, path: Path) -> Path:
 
 
 def contact_sheet(
-    images: Sequence[Image.Image], labels: Sequence[str] | None = None, cols: int = 4
+    images: Sequence[Image.Image], labels: Sequence[str] | None = None, cols: int = 4, *, min_side: int = 0
 ) -> Image.Image:
-    """Tile ``images`` (resized to the first one's size) in a grid, with an optional caption under each."""
+    """Tile ``images`` (resized to the first one's size) in a grid, with an optional caption under each.
+
+    ``min_side``: cells smaller than this are scaled up (nearest neighbour, so 32 px world images stay
+    readable pixel for pixel) until their short side reaches it.
+    """
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     w, h = images[0].size
+    if min(w, h) < min_side:
+        factor = -(-min_side // min(w, h))  # ceil: whole multiples keep pixels square
+        w, h = w * factor, h * factor
+        images = [im.resize((w, h), Image.Resampling.NEAREST) for im in images]
     cols = max(1, min(cols, len(images)))
     rows = (len(images) + cols - 1) // cols
     label_h = 14 if labels else 0

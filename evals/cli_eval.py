@@ -91,6 +91,12 @@ def eval_run(
         typer.Option("--resume", help="Continue the run in --out: redo only missing and failed samples."),
     ] = False,
     preset: Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")] = None,
+    bank: Annotated[
+        str | None, typer.Option(help="Visual-prompt bank (.safetensors) overriding the preset's.")
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="Emotion adapter weights (.safetensors) overriding the preset's.")
+    ] = None,
     no_autostart: Annotated[
         bool, typer.Option("--no-autostart", help="Never start the embedded LLM server.")
     ] = False,
@@ -117,7 +123,7 @@ def eval_run(
     suite = load_suite(suite_file)
     if agents_only:  # part of the run's identity, so a resume must say it again
         suite = suite.model_copy(update={"images_per_prompt": 0})
-    settings = suite_settings(ctx, suite, suite_file, preset=preset)
+    settings = suite_settings(ctx, suite, suite_file, preset=preset, bank=bank, adapter=adapter)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency {concurrency}: allowed 1 or more")
     if not 0 <= max_failed <= 1:

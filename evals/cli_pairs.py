@@ -71,6 +71,9 @@ def pairs_build(
     loser: Annotated[str, typer.Option(callback=_loser_rule, help=_LOSER_HELP)] = "lowest",
     min_margin: Annotated[float, typer.Option(min=0.0, max=0.99, help=_MARGIN_HELP)] = 0.1,
     preset: Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")] = None,
+    bank: Annotated[
+        str | None, typer.Option(help="Visual-prompt bank (.safetensors) overriding the preset's.")
+    ] = None,
     adapter: Annotated[
         str | None, typer.Option(help="Emotion adapter weights (.safetensors) overriding the preset's.")
     ] = None,
@@ -87,7 +90,7 @@ def pairs_build(
 
     suite_file = resolve_suite_path(suite_file)
     suite = load_suite(suite_file)
-    settings = suite_settings(ctx, suite, suite_file, preset=preset, adapter=adapter)
+    settings = suite_settings(ctx, suite, suite_file, preset=preset, bank=bank, adapter=adapter)
     options = _options(loser, min_margin)
     spec = BuildSpec(suite, choose_system(suite, system), candidates, seed, batched=not one_at_a_time)
     shard = detect_shard()

@@ -486,12 +486,11 @@ def write_sheets(out: Path, groups: Sequence[ScoredGroup], selection: Selection)
         for g in members:
             for c in g.candidates:
                 with Image.open(out / c.image) as im:
-                    side = max(SHEET_CELL, im.width)
-                    images.append(im.convert("RGB").resize((side, side), Image.Resampling.NEAREST))
+                    images.append(im.convert("RGB"))
                 guard = "" if c.content_ok is None else (" c" if c.content_ok else " x")
                 mark = f" {marks[c.image]}" if c.image in marks else ""
                 labels.append(f"{g.emotion.value[:5]} {c.prob(g.emotion):.2f}{guard}{mark}")
-        sheet = contact_sheet(images, labels, cols=len(members[0].candidates))
+        sheet = contact_sheet(images, labels, cols=len(members[0].candidates), min_side=SHEET_CELL)
         path = out / SHEETS / f"{index:03d}-{_slug(members[0].prompt)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

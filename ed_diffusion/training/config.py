@@ -18,6 +18,7 @@ import os
 import textwrap
 import tomllib
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -30,9 +31,11 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 NegativeStrategy = Literal["opposite", "confusable", "random"]
 
 TINY_PRESET = "tiny"
+WORLD_PRESET = "world"  # the shipped (or installed) world model, bank and adapter; data: `emodir world make`
 # Each step draws from torch generators seeded (seed + 7_777_777) * 1_000_003 + step at most (the loop and its
 # evaluation batches), and torch takes at most 2**64 - 1: a larger seed would fail at the first step.
 MAX_TRAIN_SEED = 10**12 - 1
+VALIDATION_SCORERS = ("none", "world_oracle", "clip_zero_shot", "clip_probe")
 CONFIG_FILE_NAME = "config.toml"
 
 ConfigT = TypeVar("ConfigT", bound="TrainConfig")
@@ -53,8 +56,8 @@ class TrainConfig:
     pretrained: str = field(
         default=TINY_PRESET,
         metadata={
-            "help": "Base model: a preset name (tiny, sd15, sdxl) or a local diffusers model directory. "
-            "'tiny' is the random CPU-sized preset built in code."
+            "help": "Base model: 'tiny' (the random CPU-sized preset built in code), 'world' (the world "
+            "preset's model, bank and adapter), or a diffusers model directory / cached hub id."
         },
     )
     bank: str | None = field(
@@ -159,6 +162,22 @@ class TrainConfig:
     validation_steps: int = field(
         default=20, metadata={"help": "Denoising steps of validation images (>= 1)."}
     )
+    validation_scorer: Literal["none", "world_oracle", "clip_zero_shot", "clip_probe"] = field(
+        default="none",
+        metadata={
+            "help": "Emotion classifier that scores each validation grid (none, world_oracle, "
+            "clip_zero_shot, clip_probe): emotion accuracy and mean target probability per step in "
+            "validation/scores.jsonl and the tracker."
+        },
+    )
+    validation_clip_model: str | None = field(
+        default=None,
+        metadata={"help": "CLIP model (local dir or cached hub id) for the clip_* validation scorers."},
+    )
+    validation_probe_path: str | None = field(
+        default=None,
+        metadata={"help": "Linear(d, 8) probe weights for validation_scorer = 'clip_probe'."},
+    )
     report_to: Literal["none", "tensorboard"] = field(
         default="none",
         metadata={
@@ -176,6 +195,28 @@ class TrainConfig:
         _check_types(self)
         self._check_values()
 
+    def validation_scoring(self) -> Any:
+        """The ``ImageScoringConfig`` that scores validation grids (``validation_scorer`` must not be none).
+
+        Raises:
+            ConfigError: a combination the scorers refuse (names the validation_* key).
+        """
+        from ed_diffusion.scoring.config import ImageScoringConfig
+
+        try:
+            return ImageScoringConfig(
+                emotion_classifier=self.validation_scorer,
+                clip_model=self.validation_clip_model,
+                probe_path=self.validation_probe_path,
+            )
+        except InvalidInputError as exc:
+            text = (
+                str(exc)
+                .replace("clip_model", "validation_clip_model")
+                .replace("probe_path", "validation_probe_path")
+            )
+            raise ConfigError(f"validation_scorer = {self.validation_scorer!r}: {text}") from None
+
     def _check_values(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "num_tokens"):
             _require(self, name, getattr(self, name) >= 1, ">= 1")
@@ -189,7 +230,9 @@ class TrainConfig:
         _require(self, "weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0")
         for name in ("output_dir", "pretrained"):
             _require(self, name, bool(getattr(self, name).strip()), "a non-empty string")
-        if self.pretrained != TINY_PRESET:
+        if self.pretrained == WORLD_PRESET:
+            _require(self, "data", self.data is not None, "set (e.g. `emodir world make`'s train.jsonl)")
+        elif self.pretrained != TINY_PRESET:
             for name in ("bank", "data"):
                 _require(
                     self, name, getattr(self, name) is not None, f"set unless pretrained is {TINY_PRESET!r}"
@@ -217,6 +260,14 @@ class TrainConfig:
                 all(p.strip() for p in self.validation_prompts),
                 "non-empty prompts",
             )
+        _require(
+            self,
+            "validation_scorer",
+            self.validation_scorer in VALIDATION_SCORERS,
+            f"one of {', '.join(VALIDATION_SCORERS)}",
+        )
+        if self.validation_scorer != "none":
+            self.validation_scoring()  # its own one-line errors (a clip scorer without a model, ...)
         bad = [e for e in self.validation_emotions if e.strip().lower() not in EMOTION_NAMES]
         _require(self, "validation_emotions", not bad, f"EmoSet emotion names ({', '.join(EMOTION_NAMES)})")
         _require(
@@ -412,12 +463,35 @@ def _check_types(config: TrainConfig) -> None:
 # ---------------------------------------------------------------------- files
 
 
-def load_config(path: str | os.PathLike[str], cls: type[ConfigT]) -> ConfigT:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set``) as config values: VALUE is read as a TOML value (``10``, ``1e-4``,
+    ``true``, ``["a", "b"]``, ``"quoted"``), and as a plain string when it is not one (``runs/x``).
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key.
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. max_steps=100)")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def load_config(
+    path: str | os.PathLike[str], cls: type[ConfigT], overrides: Mapping[str, Any] | None = None
+) -> ConfigT:
     """Read a flat TOML file of ``cls`` fields; absent fields keep their defaults.
 
     Args:
         path: the ``.toml`` file.
         cls: ``TrainConfig`` or a subclass (``SFTTrainConfig``, ``DPOTrainConfig``).
+        overrides: values that replace the file's (``--set``; see :func:`parse_overrides`).
 
     Returns:
         The validated config.
@@ -435,6 +509,7 @@ def load_config(path: str | os.PathLike[str], cls: type[ConfigT]) -> ConfigT:
         raise ConfigError(f"config file {p} is unreadable: {type(exc).__name__}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    raw = {**raw, **(overrides or {})}
     allowed = [f.name for f in fields(cls)]
     unknown = sorted(set(raw) - set(allowed))
     if unknown:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +40,14 @@ from ed_diffusion.training.checkpoints import (
     save_checkpoint,
     truncate_metrics,
 )
-from ed_diffusion.training.config import TINY_PRESET, ConfigError, DPOTrainConfig, TrainConfig, save_config
+from ed_diffusion.training.config import (
+    TINY_PRESET,
+    WORLD_PRESET,
+    ConfigError,
+    DPOTrainConfig,
+    TrainConfig,
+    save_config,
+)
 from ed_diffusion.training.datasets import (
     PreferencePair,
     PreferencePairs,
@@ -95,6 +104,17 @@ def _resolve_paths(cfg: TrainConfig, cache_dir: Path) -> tuple[str, str, str | N
             cfg.data or str(toy),
             spec.encoders,
         )
+    if cfg.pretrained == WORLD_PRESET:  # the shipped preset (or one `world bench` installed in the cache)
+        spec = resolve_preset("world", cache_dir)
+        if cfg.data is None:
+            raise ConfigError("pretrained='world' needs `data` (e.g. `emodir world make`'s train.jsonl)")
+        return (
+            spec.model,
+            cfg.bank or str(spec.bank),
+            cfg.adapter_init or spec.adapter,
+            cfg.data,
+            spec.encoders,
+        )
     if cfg.bank is None or cfg.data is None:
         raise ConfigError(f"pretrained={cfg.pretrained!r} needs `bank` and `data` (only 'tiny' has defaults)")
     return cfg.pretrained, cfg.bank, cfg.adapter_init, cfg.data, None
@@ -109,7 +129,7 @@ def check_inputs(cfg: TrainConfig, cache_dir: Path) -> None:
             with fewer clusters than ``num_tokens``.
         BankError: ``bank`` is not a readable bank file.
     """
-    if cfg.pretrained != TINY_PRESET:
+    if cfg.pretrained not in (TINY_PRESET, WORLD_PRESET):
         check_diffusers_model(cfg.pretrained, "pretrained")
     if cfg.report_to == "tensorboard":
         import importlib.util
@@ -352,6 +372,7 @@ class _Run:
     # The validation grid's rows (prompt x emotion): their emotions [R] and bank clusters [R, k].
     val_emotions: Tensor | None = None
     val_idx: Tensor | None = None
+    val_scorer: Any = None  # the validation grid's emotion classifier, once loaded
     # The DPO reference adapter (reference = "initial_adapter"): the starting adapter's weights, frozen.
     frozen: list[Tensor] | None = None
 
@@ -517,8 +538,25 @@ def train(
             accelerator.end_training()
     if manifest is not None:  # stop_after ends a run early, as an interrupt would
         status: Status = "finished" if state.step >= cfg.max_steps else "interrupted"
+        if status == "finished" and state.last_ckpt is not None:
+            publish_final_adapter(out, state.last_ckpt)
         manifest.end(status, state.step, state.last_ckpt)
     return TrainResult(out, state.step, state.last_ckpt, metrics_file, state.losses)
+
+
+FINAL_ADAPTER = "adapter.safetensors"
+
+
+def publish_final_adapter(out: Path, checkpoint: Path) -> Path:
+    """Copy the last checkpoint's adapter to ``<output_dir>/adapter.safetensors``, where the next command of
+    the loop (``--adapter``, ``adapter_init``) finds it without knowing the step count (as diffusers' training
+    scripts save the finished weights at the output directory's top). Atomic; a resumed run that trains on
+    replaces it with its own newer final weights (the checkpoints keep every step's)."""
+    target = out / FINAL_ADAPTER
+    tmp = out / f".{FINAL_ADAPTER}.tmp"
+    shutil.copyfile(checkpoint / FINAL_ADAPTER, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 @dataclass
@@ -611,7 +649,7 @@ def _validate(run: _Run, accelerator: Any, step: int) -> Path:
     assert run.val_idx is not None and run.val_emotions is not None
     with torch.no_grad():
         tokens = _tokens(m, run.val_emotions, run.val_idx)[:, 0].float()  # [R, k, d]
-    grid, _ = render_grid(
+    grid, images = render_grid(
         m.pipe,
         list(tokens),
         cfg.validation_prompts,
@@ -621,6 +659,21 @@ def _validate(run: _Run, accelerator: Any, step: int) -> Path:
         res=run.res,
     )
     path = save_grid(Path(cfg.output_dir), step, grid)
+    if cfg.validation_scorer != "none":
+        from ed_diffusion.training.validation import score_grid
+
+        if run.val_scorer is None:  # loaded once per run (a CLIP model takes seconds)
+            from ed_diffusion.scoring import build_scorers
+
+            run.val_scorer = build_scorers(cfg.validation_scoring()).emotion
+        # Rows are prompts x emotions, each with one image per seed (render_grid's order).
+        targets = [
+            e for _ in cfg.validation_prompts for e in cfg.validation_emotions for _ in cfg.validation_seeds
+        ]
+        scores = score_grid(run.val_scorer, images, targets)
+        _append_jsonl(Path(cfg.output_dir) / "validation" / "scores.jsonl", {"step": step, **scores})
+        if cfg.report_to != "none":
+            accelerator.log({f"validation/{k}": v for k, v in scores.items()}, step=step)
     if cfg.report_to == "tensorboard":
         import numpy as np
 

@@ -40,6 +40,7 @@ def render_grid(
     """
     unet = pipe.unet
     was_training = unet.training
+    pipe.set_progress_bar_config(disable=True)  # the trainer's own progress bar is on screen
     unet.eval()
     images: list[Image.Image] = []
     labels: list[str] = []
@@ -64,7 +65,27 @@ def render_grid(
             labels += [f"{emotion} s{s}" for s in seeds]
     finally:
         unet.train(was_training)
-    return contact_sheet(images, labels, cols=len(seeds)), images
+    return contact_sheet(images, labels, cols=len(seeds), min_side=96), images
+
+
+def score_grid(classifier: Any, images: Sequence[Image.Image], emotions: Sequence[str]) -> dict[str, float]:
+    """Emotion accuracy and mean probability of the target emotion over the grid's images.
+
+    Args:
+        classifier: an ``ed_diffusion.scoring`` emotion classifier (``probs(images)``: [n, 8], EmoSet order).
+        images: the grid's images.
+        emotions: each image's target emotion (a name).
+    """
+    from ed_common.emotions import parse_emotion
+
+    probs = classifier.probs(list(images))  # [n, 8]
+    targets = [parse_emotion(e).label_index for e in emotions]
+    hits = [float(int(row.argmax()) == t) for row, t in zip(probs, targets, strict=True)]
+    chosen = [float(row[t]) for row, t in zip(probs, targets, strict=True)]
+    return {
+        "emotion_acc": round(sum(hits) / len(hits), 6),
+        "target_prob": round(sum(chosen) / len(chosen), 6),
+    }
 
 
 def save_grid(out_dir: Path, step: int, grid: Image.Image) -> Path:
