@@ -206,7 +206,7 @@ def test_every_shipped_example_loads_and_validates() -> None:
     from ed_diffusion.training.config import EXAMPLES_DIR
 
     examples = sorted(EXAMPLES_DIR.glob("*.toml"))
-    wanted = {f"{kind}-{model}" for kind in ("sft", "dpo") for model in ("tiny", "sd15", "sdxl")}
+    wanted = {f"{kind}-{model}" for kind in ("sft", "dpo") for model in ("tiny", "world", "sd15", "sdxl")}
     assert {p.stem for p in examples} >= wanted
     for path in examples:
         cfg = load_config(path, SFTTrainConfig if path.stem.startswith("sft") else DPOTrainConfig)
@@ -221,3 +221,9 @@ def test_train_config_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert text.startswith("# DPOTrainConfig") and "beta = 2500.0" in text and "dpo-tiny.toml" in text
     assert main(["train", "config", "ppo"]) == 2
     assert "allowed sft or dpo" in capsys.readouterr().err
+    from ed_diffusion.training.config import EXAMPLES_DIR
+
+    assert main(["train", "config", "sft", "--example", "world"]) == 0
+    assert capsys.readouterr().out == (EXAMPLES_DIR / "sft-world.toml").read_text()
+    assert main(["train", "config", "sft", "--example", "sd14"]) == 2
+    assert "'sd14': allowed sd15, sdxl, tiny, world" in capsys.readouterr().err
