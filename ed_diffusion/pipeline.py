@@ -220,7 +220,7 @@ class MCDiffusion:
         sheet = None
         if len(images) > 1:
             sheet = save_png_atomic(
-                contact_sheet(images, [f"seed {s}" for s in seeds], min_side=96),
+                contact_sheet(images, [f"seed {s}" for s in seeds], min_side=64),
                 request.out_dir / "contact_sheet.png",
             )
         return RenderResult(

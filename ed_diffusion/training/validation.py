@@ -65,7 +65,7 @@ def render_grid(
             labels += [f"{emotion} s{s}" for s in seeds]
     finally:
         unet.train(was_training)
-    return contact_sheet(images, labels, cols=len(seeds), min_side=96), images
+    return contact_sheet(images, labels, cols=len(seeds), min_side=64), images
 
 
 def score_grid(classifier: Any, images: Sequence[Image.Image], emotions: Sequence[str]) -> dict[str, float]:

@@ -55,6 +55,8 @@ def test_the_recipe_runs_end_to_end_on_tiny_models(cache: Path, tmp_path: Path) 
     for stage in ("sft", "dpo"):
         manifest = json.loads((runs / "train" / stage / "manifest.json").read_text())
         assert manifest["status"] == "finished" and (runs / "train" / stage / "adapter.safetensors").is_file()
+    final = (runs / "train" / "sft" / "adapter.safetensors").read_bytes()
+    assert final == (runs / "train" / "sft" / "checkpoint-8" / "adapter.safetensors").read_bytes()
     scores = (runs / "train" / "sft" / "validation" / "scores.jsonl").read_text().splitlines()
     assert json.loads(scores[-1])["step"] == 8
     pairs, _ = load_preference_pairs(runs / "pairs" / "pairs.jsonl")
