@@ -76,11 +76,11 @@ def main() -> None:
                 )
                 if r:
                     rates[batched].append(n / (time.perf_counter() - start))
-    batched, single = statistics.median(rates[True]), statistics.median(rates[False])
+    many, single = statistics.median(rates[True]), statistics.median(rates[False])
     print(f"preset {args.preset}: {groups} groups x {args.candidates} candidates, {args.repeats} rounds")
-    print(f"  batched        {batched:7.2f} candidates/s (render + score + selection and sheets)")
+    print(f"  batched        {many:7.2f} candidates/s (render + score + selection and sheets)")
     print(f"  one at a time  {single:7.2f} candidates/s")
-    print(f"  batched / one at a time: {batched / single:.2f}x")
+    print(f"  batched / one at a time: {many / single:.2f}x")
 
 
 if __name__ == "__main__":
