@@ -52,7 +52,7 @@ class BenchConfig:
     n_train: int = 4000
     n_test: int = 256
     shortcut: float = 0.9
-    base_steps: int = 2400
+    base_steps: int = 3600
     sft_steps: int = 200
     dpo_steps: int = 100
     batch: int = 32
@@ -96,7 +96,7 @@ class BenchConfig:
 
     @classmethod
     def full(cls, **overrides: Any) -> BenchConfig:
-        """The reported benchmark (measured 16.9 minutes on 2 cores, see ``docs/world-bench.md``)."""
+        """The reported benchmark (its wall time on 2 cores: ``docs/world-bench.md``)."""
         return replace(cls(), **overrides)
 
     @classmethod

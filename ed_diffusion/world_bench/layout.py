@@ -17,7 +17,8 @@ SYSTEM_LABELS = {
 # stored results incomparable: a benchmark directory written by another version is not resumed, and an
 # installed `world` preset of another version is retrained. 2: the base model runs 850 steps, not 1000.
 # 3: one shared base model on pixels (lossless codec), min-SNR weighting, EMA, a pooled text vector.
-BENCH_VERSION = 4  # 4: zero terminal SNR, v-prediction, trailing timesteps (docs/world-bench.md)
+# 4: zero terminal SNR, v-prediction, trailing timesteps. 5: the base trains 3,600 steps (world-bench.md).
+BENCH_VERSION = 5
 ADAPTER_FILES = {
     "vp_sft": "adapter_vp_sft.safetensors",
     "vp_dpo": "adapter_vp_dpo.safetensors",
