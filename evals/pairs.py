@@ -473,10 +473,12 @@ def write_sheets(out: Path, groups: Sequence[ScoredGroup], selection: Selection)
     """One contact sheet per prompt: a row per emotion, a column per candidate, the pair marked W / L."""
     from ed_diffusion.images import contact_sheet  # PIL only; no torch
 
-    marks: dict[str, str] = {}
+    marks: dict[str, str] = {}  # "W", "L", or "WL" (an other_emotion winner may be another pair's loser)
     for p in selection.pairs:
-        marks[p.winner.image] = "W"
-        marks.setdefault(p.loser.image, "L")
+        marks[p.winner.image] = "W" + marks.get(p.winner.image, "").replace("W", "")
+    for p in selection.pairs:
+        if "L" not in marks.get(p.loser.image, ""):
+            marks[p.loser.image] = marks.get(p.loser.image, "") + "L"
     by_prompt: dict[int, list[ScoredGroup]] = {}
     for g in groups:
         by_prompt.setdefault(g.prompt_index, []).append(g)

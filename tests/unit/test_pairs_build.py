@@ -29,6 +29,7 @@ from evals.pairs import (
     plan_groups,
     plan_groups_of_manifest,
     select_and_write,
+    write_sheets,
 )
 from evals.shards import Shard
 from evals.suite import Suite
@@ -200,7 +201,9 @@ def test_a_resume_must_repeat_the_identity_and_a_fresh_build_needs_an_empty_dir(
         check_out_dir(tmp_path / "file", {}, Shard(), resume=False)
 
 
-def test_reselecting_rewrites_the_pairs_without_rendering(tmp_path: Path) -> None:
+def test_reselecting_rewrites_the_pairs_without_rendering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "b"
     build(out)
     lowest = (out / PAIRS).read_text()
@@ -210,6 +213,18 @@ def test_reselecting_rewrites_the_pairs_without_rendering(tmp_path: Path) -> Non
     assert all(r["loser_emotion"] != r["emotion"] for r in rows)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["result"]["selection"] == {"loser": "other_emotion", "min_margin": 0.0}
+    from evals.pair_select import select_pairs
+    from evals.pairs import read_groups
+
+    groups = sorted(read_groups(out).values(), key=lambda g: g.id)
+    labels: list[str] = []
+    monkeypatch.setattr(
+        "ed_diffusion.images.contact_sheet", lambda ims, labs, **kw: labels.extend(labs) or ims[0]
+    )
+    write_sheets(out, groups, select_pairs(groups, SelectOptions(loser="other_emotion", min_margin=0.0)))
+    winners, losers = {r["winner"] for r in rows}, {r["loser"] for r in rows}
+    marked = [lab.split()[-1] for lab in labels if lab.split()[-1] in ("W", "L", "WL")]
+    assert marked.count("WL") == len(winners & losers) and marked.count("L") == len(losers - winners)
 
 
 def test_the_plan_and_the_spec_checks() -> None:
