@@ -26,7 +26,11 @@ def _train(ctx: typer.Context, config: Path, kind: str, resume: bool, sets: list
 
     quiet_third_party()
     cls = SFTTrainConfig if kind == "sft" else DPOTrainConfig
-    cfg = load_config(config, cls, parse_overrides(sets or []))
+    try:
+        overrides = parse_overrides(sets or [], cls)
+    except InvalidInputError as exc:  # a usage error: the flag, not the file
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+    cfg = load_config(config, cls, overrides)
     check_writable(Path(cfg.output_dir), flag="output_dir")
     settings = settings_of(ctx)
     try:
@@ -86,7 +90,7 @@ def train_dpo(
 def train_config(
     kind: Annotated[str, typer.Argument(help="sft or dpo.")],
     example: Annotated[
-        str | None, typer.Option(help="Print a shipped example instead: tiny, sd15 or sdxl.")
+        str | None, typer.Option(help="Print a shipped example instead: tiny, world, sd15 or sdxl.")
     ] = None,
 ) -> None:
     """Print a commented default config (every key with its help) and where the shipped examples are."""

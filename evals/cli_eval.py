@@ -159,7 +159,7 @@ def eval_run(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console) as progress:
-        label = suite.name if shard.world == 1 else f"{suite.name} [rank {shard.rank}/{shard.world}]"
+        label = esc(suite.name) + (f" \\[rank {shard.rank}/{shard.world}]" if shard.world > 1 else "")
         task = progress.add_task(label, total=None, failed=0)
         failed = 0
         lock = threading.Lock()

@@ -92,7 +92,20 @@ def pairs_build(
     suite = load_suite(suite_file)
     settings = suite_settings(ctx, suite, suite_file, preset=preset, bank=bank, adapter=adapter)
     options = _options(loser, min_margin)
-    spec = BuildSpec(suite, choose_system(suite, system), candidates, seed, batched=not one_at_a_time)
+    try:
+        chosen = choose_system(suite, system)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--system") from None
+    for flag, value in (("--bank", bank), ("--adapter", adapter)):
+        if value is not None and not Path(value).is_file():
+            raise typer.BadParameter(f"{value!r} is not a file", param_hint=flag)
+    if (bank or adapter) and not chosen.visual_prompts:
+        raise typer.BadParameter(
+            f"system {chosen.name!r} renders without visual prompts, so the bank and adapter would not be "
+            "used; choose a system with visual prompts (--system)",
+            param_hint="--adapter" if adapter else "--bank",
+        )
+    spec = BuildSpec(suite, chosen, candidates, seed, batched=not one_at_a_time)
     shard = detect_shard()
     check_writable(out)
     identity = settings.model_dump(mode="json", include=set(PAIRS_SETTINGS))
@@ -114,7 +127,8 @@ def pairs_build(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console) as progress:
-        label = f"pairs {suite.name}" + (f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else "")
+        rank = f" \\[rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""  # \\[: not rich markup
+        label = f"pairs {esc(suite.name)}{rank}"
         task = progress.add_task(label, total=None)
         try:
             outcome = build_pairs(
@@ -131,8 +145,8 @@ def pairs_build(
             )
         except KeyboardInterrupt:
             err_console.print(
-                "interrupted: finished groups are saved; continue with "
-                f"`emodir pairs build {esc(str(suite_file))} --out {esc(str(out))} --resume`"
+                "interrupted: finished groups are saved; continue with the same command and options plus "
+                f"--resume (`emodir pairs build {esc(str(suite_file))} --out {esc(str(out))} ... --resume`)"
             )
             raise
     rate = outcome.rendered * candidates / outcome.seconds if outcome.seconds > 0 else 0.0
@@ -140,7 +154,12 @@ def pairs_build(
         f"{outcome.rendered} group(s) rendered and scored ({rate:.2f} candidates/s), "
         f"{outcome.skipped} already done"
     )
-    if outcome.selected is None:
+    if outcome.selected is None and outcome.rendered == 0 and outcome.skipped == outcome.planned:
+        out_console.print(
+            f"nothing to do: every group is built; {esc(str(out / 'pairs.jsonl'))} is kept as it was chosen "
+            f"(`emodir pairs select {esc(str(out))}` chooses again)"
+        )
+    elif outcome.selected is None:
         out_console.print(
             "This process's groups are finished; the last process to finish selects the pairs (or run "
             f"`emodir pairs select {esc(str(out))}`)."
@@ -157,14 +176,23 @@ def pairs_select(
 ) -> None:
     """Choose the pairs again with another rule (rewrites pairs.jsonl and the sheets; renders nothing)."""
     from evals.pairs import plan_groups_of_manifest, select_and_write
+    from evals.shards import merge_lock
 
     options = _options(loser, min_margin)
     if not out.is_dir():
-        raise InvalidInputError(f"{out} is not a directory; give a `pairs build` --out directory")
+        raise typer.BadParameter(
+            f"{out} is not a directory; give a `pairs build` --out directory", param_hint="OUT"
+        )
     missing = plan_groups_of_manifest(out)
     if missing:
         raise InvalidInputError(
             f"{out}: {len(missing)} group(s) not built yet (first: {missing[0]}); finish it with "
             "`emodir pairs build ... --resume`"
         )
-    _print_summary(select_and_write(out, options), out)
+    with merge_lock(out) as mine:  # never two selections at once (a build's last rank selects too)
+        if not mine:
+            raise InvalidInputError(
+                f"{out}: another process is selecting or building; try again when it ends"
+            )
+        summary = select_and_write(out, options)
+    _print_summary(summary, out)

@@ -123,8 +123,13 @@ class ScoredGroup:
                 )
                 for c in data["candidates"]
             )
+            group_id = str(data["id"])
+            for c in candidates:  # a group's images are its own files: never a path out of the build
+                parts = c.image.split("/")
+                if len(parts) != 3 or parts[:2] != ["candidates", group_id] or parts[2] in ("", ".", ".."):
+                    raise ValueError(f"image {c.image!r} is not candidates/{group_id}/<file>")
             return cls(
-                id=str(data["id"]),
+                id=group_id,
                 prompt_index=int(data["prompt_index"]),
                 prompt=str(data["prompt"]),
                 caption=str(data["caption"]),
@@ -235,7 +240,7 @@ def select_pairs(groups: Sequence[ScoredGroup], options: SelectOptions) -> Selec
             skipped[SKIP_NO_LOSER] += 1
             continue
         pair = ChosenPair(g, winner, found[0], found[1])
-        if pair.margin < options.min_margin:
+        if pair.margin < options.min_margin or pair.margin <= 0:  # equal scores carry no preference
             skipped[SKIP_MARGIN] += 1
             continue
         pairs.append(pair)

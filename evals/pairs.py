@@ -76,7 +76,7 @@ IDENTITY_KEYS = (
     "image_scoring",
 )
 # The settings that decide the images (the LLM's do not: plain systems call none).
-PAIRS_SETTINGS = ("preset", "diffusion_model", "bank", "adapter", "dtype")
+PAIRS_SETTINGS = ("preset", "diffusion_model", "dtype")  # bank and adapter: by their hashes ("weights")
 _SHARED = {MANIFEST, GROUPS, CANDIDATES, MERGE_LOCK}  # what sibling ranks of a fresh build may have made
 
 
@@ -149,7 +149,7 @@ class BuildSpec:
 
 
 def pick_system(suite: Suite, name: str | None) -> SystemEntry:
-    """The named system, or the suite's first ``plain`` one.
+    """The named system, or the suite's first ``plain`` one with visual prompts (else its first ``plain``).
 
     Raises:
         InvalidInputError: no such system, or no ``plain`` system in the suite.
@@ -162,9 +162,10 @@ def pick_system(suite: Suite, name: str | None) -> SystemEntry:
             raise InvalidInputError(
                 f"--system {name!r}: suite {suite.name!r} has no such system ({names})"
             ) from None
-    for s in suite.systems:
-        if s.kind == "plain":
-            return s
+    plain = [s for s in suite.systems if s.kind == "plain"]
+    # Pairs are for training the adapter: a system that renders with it (visual prompts on) comes first.
+    for s in sorted(plain, key=lambda s: not s.visual_prompts):
+        return s
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in suite.systems)
     raise InvalidInputError(f"suite {suite.name!r} has no `plain` system to render candidates with ({kinds})")
 
@@ -199,6 +200,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest of a new build (JSON-able)."""
     describe = getattr(renderer, "describe", None)
+    described = describe() if callable(describe) else None
     return {
         "pairs_version": PAIRS_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -215,7 +217,10 @@ def build_manifest(
         "batched": spec.batched,
         "settings": settings,
         "image_scoring": image_scoring,
-        "diffusion": describe() if callable(describe) else None,
+        "diffusion": described,
+        "weights": None
+        if described is None
+        else {k: v for k, v in described.items() if k.endswith("sha256")},
         "processes": shard.world,
     }
 
@@ -238,32 +243,39 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     return data
 
 
+def _identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changed = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    # The weights by content, once both sides know them (the CLI checks before loading, then again after):
+    # a retrained adapter at the same path must not mix with the old one's candidates.
+    a, b = old.get("weights"), new.get("weights")
+    if a is not None and b is not None and a != b:
+        changed.append("bank/adapter weights")
+    return changed
+
+
 def check_out_dir(out: Path, manifest: dict[str, Any], shard: Shard, resume: bool) -> None:
     """Refuse an output directory this build may not write into.
 
-    A fresh build needs a new or empty directory (sibling ranks' shared files allowed); ``--resume`` needs
-    the earlier build's manifest to agree on every :data:`IDENTITY_KEYS` value.
+    A fresh build needs a new or empty directory (on several processes, the shared files of *this* build's
+    sibling ranks are allowed: a manifest there must agree); ``--resume`` needs the earlier build's manifest
+    to agree on every :data:`IDENTITY_KEYS` value and on the weights' hashes.
 
     Raises:
-        InvalidInputError: ``out`` is a file, holds something else, or a resume changes the identity.
+        InvalidInputError: ``out`` is a file, holds something else, or the identity changes.
     """
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} is a file; give a new or empty directory")
     old = read_manifest(out) if out.is_dir() else None
-    if resume:
-        if old is None:
-            if out.is_dir() and any(out.iterdir()):
-                raise InvalidInputError(f"--resume: {out} holds no {MANIFEST}; it is not a pairs build")
-            return
-        changed = [k for k in IDENTITY_KEYS if old.get(k) != manifest.get(k)]
+    if old is not None and (resume or shard.world > 1):
+        changed = _identity_changes(old, manifest)
         if changed:
             raise InvalidInputError(
-                f"--resume: {out} was built with other {', '.join(changed)}; a resume must repeat them "
+                f"{out} was built with other {', '.join(changed)}; a build and its resume must repeat them "
                 "(the candidates would mix), so choose a new --out"
             )
+    if not out.is_dir() or (resume and old is not None):
         return
-    if not out.is_dir():
-        return
+    # A fresh build, or a resume of a build no rank has started: only siblings' shared files may be there.
     allowed = _SHARED if shard.world > 1 else set()
     found = sorted(
         p.name
@@ -271,9 +283,10 @@ def check_out_dir(out: Path, manifest: dict[str, Any], shard: Shard, resume: boo
         if p.name not in allowed and not (shard.world > 1 and p.name.startswith("."))
     )
     if found:
+        hint = "it is not a pairs build" if resume else "pass --resume to continue that build"
         raise InvalidInputError(
             f"--out {out} is not empty ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
-            "pass --resume to continue that build, or choose a new directory"
+            f"{hint}, or choose a new directory"
         )
 
 
@@ -316,7 +329,8 @@ def _render_group(
 ) -> ScoredGroup:
     tmp = _tmp_dir(out, group.id, shard)
     final = out / CANDIDATES / group.id
-    for stale in (tmp, final):  # this rank's interrupted attempt, or a group renamed but never recorded
+    # Interrupted attempts (of any rank count) and a group renamed but never recorded are redone.
+    for stale in [*(out / CANDIDATES).glob(f".{group.id}.rank*.tmp"), final]:
         if stale.exists():
             shutil.rmtree(stale)
     seeds = [spec.seed + k for k in range(spec.candidates)]
@@ -328,13 +342,21 @@ def _render_group(
             for s in seeds
             for p in renderer.render(spec.request(group.caption, group.emotion, tmp, s, n=1)).images
         ]
+    if len(paths) != spec.candidates or any(Path(p).parent != tmp for p in paths):
+        raise InvalidInputError(
+            f"the renderer returned {len(paths)} image(s) for {spec.candidates} candidates of {group.id}, "
+            f"expected them all in {tmp}"
+        )
     images = []
     for p in paths:
         with Image.open(p) as im:
             images.append(im.convert("RGB"))
     scores = scorer(images, [group.content] * len(images))
     if len(scores) != len(images) or any(len(probs) != NUM_EMOTIONS for probs, _ in scores):
-        raise InvalidInputError(f"the candidate scorer returned {len(scores)} rows for {len(images)} images")
+        raise InvalidInputError(
+            f"the candidate scorer returned {len(scores)} rows for {len(images)} images (each must have "
+            f"{NUM_EMOTIONS} probabilities)"
+        )
     os.replace(tmp, final)
     candidates = tuple(
         Candidate(
@@ -400,7 +422,9 @@ def build_pairs(
             on_group(finished)
     seconds = time.perf_counter() - start
     selected = None
-    if len(read_groups(out, planned)) == len(planned):
+    # A resumed build with nothing left to do keeps the pairs it has (perhaps chosen by `pairs select`).
+    fresh = bool(todo) or not (out / PAIRS).is_file()
+    if fresh and len(read_groups(out, planned)) == len(planned):
         with merge_lock(out) as mine:
             if mine:
                 selected = select_and_write(out, options)

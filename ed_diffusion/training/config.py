@@ -463,19 +463,29 @@ def _check_types(config: TrainConfig) -> None:
 # ---------------------------------------------------------------------- files
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str], cls: type[TrainConfig] | None = None) -> dict[str, Any]:
     """``KEY=VALUE`` strings (``--set``) as config values: VALUE is read as a TOML value (``10``, ``1e-4``,
-    ``true``, ``["a", "b"]``, ``"quoted"``), and as a plain string when it is not one (``runs/x``).
+    ``true``, ``["a", "b"]``, ``"quoted"``), and as a plain string when it is not one (``runs/x``) or when the
+    field of ``cls`` is a string (``data=2024`` is the path ``2024``).
 
     Raises:
-        ConfigError: an item without ``=`` or with an empty key.
+        ConfigError: an item without ``=``, an empty key, a value with a line break, or a key ``cls`` lacks.
     """
+    hints = get_type_hints(cls) if cls is not None else {}
     values: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. max_steps=100)")
+        if "\n" in raw or "\r" in raw:
+            raise ConfigError(f"--set {key}=...: the value has a line break; one value per --set")
+        if cls is not None and key not in hints:
+            allowed = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"--set {key}=...: {cls.__name__} has no key {key!r}; allowed: {allowed}")
+        if hints.get(key) in (str, str | None):
+            values[key] = raw
+            continue
         try:
             values[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:

@@ -261,7 +261,7 @@ def _load_pair_folders(root: Path, verify: bool) -> tuple[list[PreferencePair], 
     for caption, emotion, winner, loser in rows:
         bad = next((image for image in (winner, loser) if verify and not _verifies(image)), None)
         if bad is not None:
-            summary.skip("unreadable_image", str(bad.relative_to(root.resolve())), str(bad))
+            summary.skip("unreadable_image", bad.name, str(bad))
             continue
         pairs.append(PreferencePair(caption=caption, emotion=emotion, winner=winner, loser=loser))
     empty = f"pair folder {root} has no usable pairs"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ed_common.atomic import write_bytes_atomic
 from ed_common.emotions import Emotion, parse_emotion
 from ed_common.errors import EmodirError
 from ed_diffusion.adapter_file import load_adapter
@@ -552,11 +551,7 @@ def publish_final_adapter(out: Path, checkpoint: Path) -> Path:
     the loop (``--adapter``, ``adapter_init``) finds it without knowing the step count (as diffusers' training
     scripts save the finished weights at the output directory's top). Atomic; a resumed run that trains on
     replaces it with its own newer final weights (the checkpoints keep every step's)."""
-    target = out / FINAL_ADAPTER
-    tmp = out / f".{FINAL_ADAPTER}.tmp"
-    shutil.copyfile(checkpoint / FINAL_ADAPTER, tmp)
-    os.replace(tmp, target)
-    return target
+    return write_bytes_atomic(out / FINAL_ADAPTER, (checkpoint / FINAL_ADAPTER).read_bytes())
 
 
 @dataclass

@@ -64,19 +64,27 @@ def subsets(root: Path) -> list[Path]:
     return found
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+def _images(folder: Path) -> tuple[dict[str, Path], set[str]]:
+    """Images by file stem, and the stems that name more than one image (``dog.png`` and ``dog.jpg``)."""
+    found: dict[str, Path] = {}
+    twice: set[str] = set()
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                if p.stem in found:
+                    twice.add(p.stem)
+                found[p.stem] = p
+    return found, twice
 
 
 def _caption(stem: str, folders: tuple[Path, ...]) -> str | None:
+    """The first caption file's text; ``""`` when it is over the size limit (the pair is skipped)."""
     for folder in folders:
         for suffix in CAPTION_SUFFIXES:
             path = folder / f"{stem}{suffix}"
             if path.is_file():
                 if path.stat().st_size > MAX_CAPTION_BYTES:
-                    raise DatasetError(f"caption file {path} is over {MAX_CAPTION_BYTES} bytes")
+                    return ""
                 text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
                 return text or None
     return None
@@ -94,17 +102,25 @@ def read_pair_folders(root: Path) -> tuple[list[tuple[str, Emotion, Path, Path]]
     rows: list[tuple[str, Emotion, Path, Path]] = []
     for subset in subsets(root):
         emotion = subset_emotion(subset)
-        winners, losers = _images(subset / "w"), _images(subset / "l")
+        (winners, twice_w), (losers, twice_l) = _images(subset / "w"), _images(subset / "l")
         for stem in sorted(set(winners) | set(losers)):
             summary.total += 1
             where = f"{subset.name}/{stem}"
+            if stem in twice_w | twice_l:
+                summary.skip("bad_row", where, f"more than one image is named {stem}.* in w/ or l/")
+                continue
             if stem not in winners or stem not in losers:
                 side = "l" if stem in winners else "w"
                 summary.skip("missing_image", where, f"no {side}/{stem}.* to pair it with")
                 continue
             caption = _caption(stem, (subset / "w", subset / "l", subset))
-            if caption is None:
-                summary.skip("bad_row", where, f"no caption ({stem}.caption or {stem}.txt)")
+            if not caption:
+                why = "caption file over 16 KB" if caption == "" else f"no caption ({stem}.caption or .txt)"
+                summary.skip("bad_row", where, why)
                 continue
-            rows.append((caption, emotion, winners[stem].resolve(), losers[stem].resolve()))
+            winner, loser = winners[stem].resolve(), losers[stem].resolve()
+            if winner == loser:  # one file linked twice: no preference, no gradient
+                summary.skip("bad_row", where, "winner and loser are the same file")
+                continue
+            rows.append((caption, emotion, winner, loser))
     return rows, summary

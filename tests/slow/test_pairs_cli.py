@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,18 +36,20 @@ def test_build_resume_and_reselect(tmp_path: Path, capsys: pytest.CaptureFixture
         main(["pairs", "build", str(suite), "--out", str(out), "--candidates", "3", "--min-margin", "0"]) == 0
     )
     printed = capsys.readouterr()
-    assert "done: 3 pair(s) from 3 group(s) of 9 candidates" in printed.out
-    assert "candidates/s" in printed.err
-    pairs, _ = load_preference_pairs(out / "pairs.jsonl")
-    assert len(pairs) == 3 and pairs[0].caption == "a star, feeling contentment"  # EmoSet order in a prompt
+    # How many groups clear the margin depends on the model; every group is paired or counted as skipped.
+    found = re.search(r"done: (\d) pair\(s\) from 3 group\(s\) of 9 candidates", printed.out)
+    assert found is not None and "candidates/s" in printed.err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["diffusion"]["preset"] == "world" and manifest["result"]["pairs"] == 3
+    result = manifest["result"]
+    assert result["pairs"] == int(found.group(1)) and result["pairs"] + sum(result["skipped"].values()) == 3
+    assert manifest["diffusion"]["preset"] == "world" and manifest["weights"]["adapter_sha256"]
     assert manifest["candidates"] == 3 and manifest["suite"]["name"] == "pairs-cli"
     assert sorted(p.name for p in (out / "sheets").iterdir()) == ["000-a-star.png", "001-a-ring.png"]
 
     # A finished build resumed renders nothing; one with other candidates is refused.
     assert main(["pairs", "build", str(suite), "--out", str(out), "--candidates", "3", "--resume"]) == 0
-    assert "0 group(s) rendered and scored" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "0 group(s) rendered and scored" in printed.err and "nothing to do" in printed.out
     line = one_line(
         capsys, ["pairs", "build", str(suite), "--out", str(out), "--candidates", "4", "--resume"]
     )
@@ -60,6 +63,11 @@ def test_build_resume_and_reselect(tmp_path: Path, capsys: pytest.CaptureFixture
         ("fear", "contentment"),
         ("contentment", "fear"),
     }
+    pairs, _ = load_preference_pairs(out / "pairs.jsonl")  # what `train dpo` reads
+    assert [p.caption for p in pairs] == [
+        "a star, feeling contentment",
+        "a star, feeling fear",
+    ]  # EmoSet order
 
 
 def test_bad_inputs_fail_before_any_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,8 +81,15 @@ def test_bad_inputs_fail_before_any_model_loads(tmp_path: Path, capsys: pytest.C
     assert "holds no manifest.json; it is not a pairs build" in line
     good = tmp_path / "good.yaml"
     good.write_text(SUITE)
-    line = one_line(capsys, ["pairs", "build", str(good), "--out", str(tmp_path / "x"), "--system", "nope"])
-    assert "--system 'nope': suite 'pairs-cli' has no such system (text_only)" in line
+    assert main(["pairs", "build", str(good), "--out", str(tmp_path / "x"), "--system", "nope"]) == 2
+    assert "suite 'pairs-cli' has no such system (text_only)" in capsys.readouterr().err
+    # A bank or adapter with a system that renders without visual prompts would be silently unused.
+    args = ["pairs", "build", str(good), "--out", str(tmp_path / "x"), "--adapter", str(good)]
+    assert main(args) == 2
+    assert "renders without visual prompts" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "missing.safetensors")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing written before the checks
 
 
 def test_world_make_writes_a_dataset_bank_build_reads(

@@ -72,3 +72,26 @@ def test_bad_layouts_are_named(tmp_path: Path) -> None:
     png(tmp_path / "q" / "fear" / "w" / "a.png")
     with pytest.raises(DatasetError, match=r"pair folder .*q has no usable pairs"):
         load_preference_pairs(tmp_path / "q")
+
+
+def test_links_duplicates_and_huge_captions_skip_one_pair(tmp_path: Path) -> None:
+    root = tmp_path / "fear"
+    outside = png(tmp_path / "elsewhere" / "x.png")
+    png(root / "w" / "same.png")
+    (root / "l").mkdir()
+    (root / "l" / "same.png").symlink_to(root / "w" / "same.png")  # one file twice
+    png(root / "w" / "dup.png")
+    png(root / "w" / "dup.jpg")  # two winners named dup
+    png(root / "l" / "dup.png")
+    png(root / "w" / "big.png")
+    png(root / "l" / "big.png")
+    (root / "big.txt").write_text("x" * 20_000)
+    (root / "w" / "out.png").symlink_to(outside)  # a link out of the folder is followed, not a crash
+    (root / "l" / "out.png").write_bytes(b"broken")
+    png(root / "w" / "ok.png")
+    png(root / "l" / "ok.png")
+    for stem in ("same", "dup", "out", "ok"):
+        (root / f"{stem}.txt").write_text(stem)
+    pairs, summary = load_preference_pairs(root)
+    assert [p.caption for p in pairs] == ["ok"]
+    assert summary.skipped == {"bad_row": 3, "unreadable_image": 1}

@@ -108,12 +108,22 @@ def test_other_emotion_rule_needs_another_emotion_of_the_prompt() -> None:
 
 
 def test_group_records_round_trip_and_damage_is_named() -> None:
-    g = group(FEAR, cand("a", 0, FEAR, 0.1), cand("b", 1, FEAR, 0.9, ok=None))
+    g = group(FEAR, cand("p000-fear/a", 0, FEAR, 0.1), cand("p000-fear/b", 1, FEAR, 0.9, ok=None))
     assert ScoredGroup.from_json(g.to_json(), "x.json") == g
     broken = g.to_json()
     broken["candidates"][0]["probs"] = [0.5, 0.5]
     with pytest.raises(InvalidInputError, match=r"x\.json: not a candidate group record.*2 probabilities"):
         ScoredGroup.from_json(broken, "x.json")
+    for escape in ("candidates/p000-fear/../../../etc/passwd", "/etc/passwd", "candidates/p001-awe/a.png"):
+        moved = g.to_json()
+        moved["candidates"][0]["image"] = escape
+        with pytest.raises(InvalidInputError, match=r"is not candidates/p000-fear/<file>"):
+            ScoredGroup.from_json(moved, "x.json")
+
+
+def test_equal_scores_never_make_a_pair() -> None:
+    g = group(FEAR, cand("a", 0, FEAR, 0.5), cand("b", 1, FEAR, 0.5))
+    assert select_pairs([g], SelectOptions(min_margin=0.0)).skipped == {SKIP_MARGIN: 1}
 
 
 @pytest.mark.parametrize(

@@ -240,3 +240,39 @@ def test_the_plan_and_the_spec_checks() -> None:
     no_plain = Suite.model_validate({**SUITE, "systems": [{"kind": "single_llm"}]})
     with pytest.raises(InvalidInputError, match=r"has no `plain` system"):
         pick_system(no_plain, None)
+
+
+def test_a_sharded_build_never_continues_another_build(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        build(out, FakeRenderer(fail_after=1), spec=spec(candidates=3))
+    # Rank 0 of a fresh 2-process build with K = 4 finds the K = 3 build's manifest and groups: refused.
+    with pytest.raises(InvalidInputError, match=r"built with other candidates"):
+        build(out, shard=Shard(0, 2))
+    # A sharded --resume into a directory a sibling rank has just created (no manifest yet) is fine.
+    fresh = tmp_path / "f"
+    (fresh / "groups").mkdir(parents=True)
+    (fresh / CANDIDATES).mkdir()
+    assert build(fresh, shard=Shard(1, 2), resume=True).owned == 2
+
+
+def test_a_resume_with_retrained_weights_at_the_same_path_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    old = {**manifest_of(spec()), "weights": {"adapter_sha256": "aaa"}}
+    build(out, manifest=old)
+    with pytest.raises(InvalidInputError, match=r"built with other bank/adapter weights"):
+        build(out, manifest={**old, "weights": {"adapter_sha256": "bbb"}}, resume=True)
+    assert build(out, manifest=old, resume=True).rendered == 0
+
+
+def test_the_default_system_renders_with_visual_prompts(tmp_path: Path) -> None:
+    suite = Suite.model_validate(
+        {
+            **SUITE,
+            "systems": [
+                {"kind": "plain", "name": "text", "visual_prompts": False},
+                {"kind": "plain", "name": "vp"},
+            ],
+        }
+    )
+    assert pick_system(suite, None).name == "vp"

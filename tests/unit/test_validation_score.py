@@ -48,6 +48,16 @@ def test_overrides_are_toml_values_or_strings(tmp_path: Path) -> None:
         load_config(config, SFTTrainConfig, parse_overrides(["max_steps=zero"]))
     with pytest.raises(ConfigError, match=r"--set 'max_steps': expected KEY=VALUE"):
         parse_overrides(["max_steps"])
+    # Against the config class: a string field takes the text as is; unknown keys and line breaks are named.
+    assert parse_overrides(["data=2024", "output_dir=true", "max_steps=5"], SFTTrainConfig) == {
+        "data": "2024",
+        "output_dir": "true",
+        "max_steps": 5,
+    }
+    with pytest.raises(ConfigError, match=r"--set max_step=\.\.\.: SFTTrainConfig has no key 'max_step'"):
+        parse_overrides(["max_step=3"], SFTTrainConfig)
+    with pytest.raises(ConfigError, match=r"line break"):
+        parse_overrides(["max_steps=1\nlearning_rate=5"], SFTTrainConfig)
 
 
 def test_validation_scorer_settings_are_checked_when_the_config_loads() -> None:
