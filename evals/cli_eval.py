@@ -38,6 +38,14 @@ from evals.tables import TableData, build_tables, compare_tables, key_table, to_
 eval_app = typer.Typer(
     no_args_is_help=True, help="Evaluate systems on a suite: scripted graph runs, metrics and reports."
 )
+# The model a suite runs with, overridable on the command line (`eval run`, `pairs build`).
+PresetOption = Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")]
+BankOption = Annotated[
+    str | None, typer.Option(help="Visual-prompt bank (.safetensors) overriding the preset's.")
+]
+AdapterOption = Annotated[
+    str | None, typer.Option(help="Emotion adapter weights (.safetensors) overriding the preset's.")
+]
 out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -90,13 +98,9 @@ def eval_run(
         bool,
         typer.Option("--resume", help="Continue the run in --out: redo only missing and failed samples."),
     ] = False,
-    preset: Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")] = None,
-    bank: Annotated[
-        str | None, typer.Option(help="Visual-prompt bank (.safetensors) overriding the preset's.")
-    ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="Emotion adapter weights (.safetensors) overriding the preset's.")
-    ] = None,
+    preset: PresetOption = None,
+    bank: BankOption = None,
+    adapter: AdapterOption = None,
     no_autostart: Annotated[
         bool, typer.Option("--no-autostart", help="Never start the embedded LLM server.")
     ] = False,

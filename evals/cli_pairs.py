@@ -15,7 +15,15 @@ from ed_common.errors import InvalidInputError
 from ed_common.limits import MAX_SEED
 from ed_common.paths import check_writable
 from ed_common.text import esc
-from evals.cli_eval import err_console, out_console, suite_renderer, suite_settings
+from evals.cli_eval import (
+    AdapterOption,
+    BankOption,
+    PresetOption,
+    err_console,
+    out_console,
+    suite_renderer,
+    suite_settings,
+)
 from evals.pair_select import LOSER_RULES, SelectOptions
 from evals.pairs import MAX_CANDIDATES
 from evals.shards import detect_shard
@@ -70,13 +78,9 @@ def pairs_build(
     ] = None,
     loser: Annotated[str, typer.Option(callback=_loser_rule, help=_LOSER_HELP)] = "lowest",
     min_margin: Annotated[float, typer.Option(min=0.0, max=0.99, help=_MARGIN_HELP)] = 0.1,
-    preset: Annotated[str | None, typer.Option(help="Diffusion preset overriding the suite's.")] = None,
-    bank: Annotated[
-        str | None, typer.Option(help="Visual-prompt bank (.safetensors) overriding the preset's.")
-    ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="Emotion adapter weights (.safetensors) overriding the preset's.")
-    ] = None,
+    preset: PresetOption = None,
+    bank: BankOption = None,
+    adapter: AdapterOption = None,
     one_at_a_time: Annotated[
         bool, typer.Option("--one-at-a-time", help="One render call per candidate (default: K per call).")
     ] = False,
