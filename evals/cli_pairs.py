@@ -74,7 +74,7 @@ def pairs_build(
         int, typer.Option(min=0, max=MAX_SEED, help="Candidate k of every group renders with seed + k.")
     ] = 0,
     system: Annotated[
-        str | None, typer.Option(help="The suite's plain system to render with (default: its first).")
+        str | None, typer.Option(help="The suite's plain system to render (default: its first with VPs).")
     ] = None,
     loser: Annotated[str, typer.Option(callback=_loser_rule, help=_LOSER_HELP)] = "lowest",
     min_margin: Annotated[float, typer.Option(min=0.0, max=0.99, help=_MARGIN_HELP)] = 0.1,
