@@ -538,7 +538,7 @@ class SuiteScorer:
     def __init__(self, suite: Suite) -> None:
         """Validate the section against the suite's prompts, then load the models."""
         from ed_diffusion.scoring import build_scorers
-        from ed_diffusion.world.spec import CONTENT_CLASSES
+        from ed_diffusion.scoring.build import vocabulary_for
         from evals.aggregate import image_scoring_config
 
         config = image_scoring_config(suite.image_scoring)
@@ -547,23 +547,11 @@ class SuiteScorer:
                 f"suite {suite.name!r}: pairs build needs image_scoring.emotion_classifier (world_oracle, "
                 "clip_probe or clip_zero_shot) to rank the candidates"
             )
-        vocabulary: tuple[str, ...] = ()
-        if config.content_scorer != "none":
-            missing = [p.text for p in suite.prompts if not p.content]
-            if missing:
-                raise InvalidInputError(
-                    f"prompt {missing[0]!r} has no content, but content_scorer={config.content_scorer!r} "
-                    "needs one (give it `content:` in the suite, or set content_scorer: none)"
-                )
-            default = CONTENT_CLASSES if config.content_scorer == "world_oracle" else suite.content_nouns
-            vocabulary = config.content_vocabulary or tuple(default)
-            outside = sorted({p.content for p in suite.prompts if p.content and p.content not in vocabulary})
-            if outside:
-                raise InvalidInputError(
-                    f"content {outside[0]!r} is not in the content scorer's vocabulary "
-                    f"({', '.join(vocabulary[:8])}{', ...' if len(vocabulary) > 8 else ''})"
-                )
-        else:
+        prompts = suite.prompts
+        vocabulary = vocabulary_for(
+            [p.content for p in prompts], config, lambda i: f"prompt {prompts[i].text!r}"
+        )
+        if config.content_scorer == "none":
             log.warning("no content scorer: every candidate counts as keeping its content")
         self.config = config
         self.scorers = build_scorers(config, vocabulary)

@@ -7,7 +7,7 @@ CLIP distance), with one image forward per batch (``CachedImageEmbeds``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,21 +66,32 @@ def content_vocabulary(records: Sequence[ImageRecord], config: ImageScoringConfi
     Empty ``config.content_vocabulary`` means ``CONTENT_CLASSES`` for the world oracle and the sorted distinct
     record contents for CLIP zero-shot (EmoCtrl ranks among exactly its test elements).
     """
+    return vocabulary_for([r.content for r in records], config, lambda i: f"record {i} ({records[i].image})")
+
+
+def vocabulary_for(
+    contents: Sequence[str | None], config: ImageScoringConfig, name: Callable[[int], str]
+) -> tuple[str, ...]:
+    """``content_vocabulary`` over bare contents (an eval's records, a suite's prompts before rendering);
+    ``name(i)`` says which item a message is about.
+
+    Raises:
+        InvalidInputError: an item without a content, or one outside the vocabulary, while content is on.
+    """
     if config.content_scorer == "none":
         return ()
-    for i, r in enumerate(records):
-        if r.content is None:
-            raise InvalidInputError(
-                f"record {i} ({r.image}) has no content, but content_scorer={config.content_scorer!r} "
-                "needs one"
-            )
-    contents = [r.content for r in records if r.content is not None]
-    default = CONTENT_CLASSES if config.content_scorer == "world_oracle" else tuple(sorted(set(contents)))
-    vocabulary = config.content_vocabulary or default
     for i, c in enumerate(contents):
+        if c is None:
+            raise InvalidInputError(
+                f"{name(i)} has no content, but content_scorer={config.content_scorer!r} needs one"
+            )
+    present = [c for c in contents if c is not None]
+    default = CONTENT_CLASSES if config.content_scorer == "world_oracle" else tuple(sorted(set(present)))
+    vocabulary = config.content_vocabulary or default
+    for i, c in enumerate(present):
         if c not in vocabulary:
             raise InvalidInputError(
-                f"record {i} ({records[i].image}) has content {c!r}, which is not in the content vocabulary "
+                f"{name(i)} has content {c!r}, which is not in the content vocabulary "
                 f"({', '.join(vocabulary[:8])}{', ...' if len(vocabulary) > 8 else ''})"
             )
     return vocabulary
