@@ -33,6 +33,18 @@ _ATTEMPT_KEYS = (
 )
 
 
+def provenance(suite_path: Path | None) -> dict[str, Any]:
+    """When, by which code and from which suite file a run (``eval run``, ``pairs build``) was made."""
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "emodir_version": package_version(),
+        "git_sha": _git_sha(),
+        "git_dirty": git_dirty(),
+        "suite_file": str(suite_path) if suite_path else None,
+        "suite_sha256": file_sha256(suite_path) if suite_path else None,
+    }
+
+
 def run_manifest(
     suite: Suite,
     suite_path: Path | None,
@@ -50,12 +62,7 @@ def run_manifest(
     describe = getattr(renderer, "describe", None)
     return {
         "manifest_version": MANIFEST_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "emodir_version": package_version(),
-        "git_sha": _git_sha(),
-        "git_dirty": git_dirty(),
-        "suite_file": str(suite_path) if suite_path else None,
-        "suite_sha256": file_sha256(suite_path) if suite_path else None,
+        **provenance(suite_path),
         "suite": suite.model_dump(mode="json"),
         "seeds": suite.seeds,
         "processes": (shard or Shard()).world,

@@ -40,9 +40,8 @@ from PIL import Image
 from ed_common.atomic import write_json_atomic, write_text_atomic
 from ed_common.emotions import Emotion
 from ed_common.errors import InvalidInputError
-from ed_common.git_state import git_dirty, package_version
-from ed_common.hashing import file_sha256
 from ed_common.render_contract import Renderer, RenderRequest, checked
+from evals.manifest import provenance
 from evals.pair_select import (
     NUM_EMOTIONS,
     Candidate,
@@ -53,7 +52,6 @@ from evals.pair_select import (
 )
 from evals.shards import MERGE_LOCK, Shard, merge_lock
 from evals.suite import Suite, SystemEntry
-from graphs.tool_node import _git_sha
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +161,8 @@ def pick_system(suite: Suite, name: str | None) -> SystemEntry:
                 f"--system {name!r}: suite {suite.name!r} has no such system ({names})"
             ) from None
     plain = [s for s in suite.systems if s.kind == "plain"]
-    # Pairs are for training the adapter: a system that renders with it (visual prompts on) comes first.
-    for s in sorted(plain, key=lambda s: not s.visual_prompts):
-        return s
+    if plain:  # pairs train the adapter: the first system that renders with it (visual prompts on) wins
+        return min(plain, key=lambda s: not s.visual_prompts)
     kinds = ", ".join(f"{s.name} ({s.kind})" for s in suite.systems)
     raise InvalidInputError(f"suite {suite.name!r} has no `plain` system to render candidates with ({kinds})")
 
@@ -203,12 +200,7 @@ def build_manifest(
     described = describe() if callable(describe) else None
     return {
         "pairs_version": PAIRS_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "emodir_version": package_version(),
-        "git_sha": _git_sha(),
-        "git_dirty": git_dirty(),
-        "suite_file": str(suite_path) if suite_path else None,
-        "suite_sha256": file_sha256(suite_path) if suite_path and suite_path.is_file() else None,
+        **provenance(suite_path),
         "suite_fingerprint": spec.suite.fingerprint(),
         "suite": spec.suite.model_dump(mode="json"),
         "system": spec.system.model_dump(mode="json"),
