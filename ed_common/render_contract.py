@@ -31,6 +31,7 @@ NegativeVP = Literal["none", "opposite", "confusable"]
 EmotionField = Annotated[Emotion, BeforeValidator(parse_emotion)]
 
 MAX_IMAGES = 64
+PromptForm = Literal["as_written", "model"]
 
 
 class RenderOptions(BaseModel):
@@ -89,6 +90,9 @@ class RenderRequest(RenderOptions):
     out_dir: Path  # type: ignore[assignment]  # a request always has its directory; options may leave it open
     negative_prompt: str = ""
     visual_prompt: VisualPromptChoice | None = None  # None = the renderer retrieves it
+    # "model": an agent wrote the prompt, so the renderer may put it in the form its model was trained to
+    # read (the world preset's captions); "as_written": untouched (a suite's templates, --no-agents).
+    prompt_form: PromptForm = "as_written"
 
     @field_validator("prompt")
     @classmethod
@@ -107,6 +111,7 @@ class RenderRequest(RenderOptions):
         out_dir: Path,
         negative_prompt: str = "",
         visual_prompt: VisualPromptChoice | None = None,
+        prompt_form: PromptForm = "as_written",
     ) -> RenderRequest:
         """The request that renders ``prompt`` under ``options`` into ``out_dir``."""
         return checked(
@@ -117,6 +122,7 @@ class RenderRequest(RenderOptions):
             out_dir=out_dir,
             negative_prompt=negative_prompt,
             visual_prompt=visual_prompt,
+            prompt_form=prompt_form,
         )
 
 

@@ -32,6 +32,7 @@ from ed_diffusion.bank import VisualPromptBank
 from ed_diffusion.images import contact_sheet, save_png_atomic
 from ed_diffusion.model_source import ModelMissingError, load_diffusers_pipeline
 from ed_diffusion.presets import PresetSpec
+from ed_diffusion.world.captions import world_caption
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,9 @@ class MCDiffusion:
         request.out_dir.mkdir(parents=True, exist_ok=True)
         seeds = request.seeds
         start = time.perf_counter()
+        prompt, negative = model_prompt(p, request)
         choice = request.visual_prompt or self.emotion.retrieve(
-            request.prompt, request.emotion, top_k=request.top_k, negative_vp=request.negative_vp
+            prompt, request.emotion, top_k=request.top_k, negative_vp=request.negative_vp
         )
         images: list[Any] = []
         paths: list[Path] = []
@@ -202,12 +204,12 @@ class MCDiffusion:
         for first in range(0, len(seeds), MAX_BATCH):
             batch = seeds[first : first + MAX_BATCH]
             done = self.emotion(
-                request.prompt,
+                prompt,
                 request.emotion,
                 vp_scale=request.vp_scale,
                 visual_prompt=choice,
                 seeds=batch,
-                negative_prompt=request.negative_prompt or None,
+                negative_prompt=negative or None,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 width=width,
@@ -230,6 +232,9 @@ class MCDiffusion:
             visual_prompt=choice,
             model=self.describe(),
             settings={
+                "prompt_form": request.prompt_form,
+                "model_prompt": prompt,  # what the text encoder read ("model" form may change it)
+                "model_negative_prompt": negative,
                 "steps": steps,
                 "guidance": guidance,
                 "width": width,
@@ -264,6 +269,18 @@ class MCDiffusion:
             out["bank_text_encoder"] = self.bank.metadata.text_encoder
             out["bank_image_encoder"] = self.bank.metadata.image_encoder
         return out
+
+
+def model_prompt(preset: PresetSpec, request: RenderRequest) -> tuple[str, str]:
+    """(prompt, negative prompt) as the preset's model reads them.
+
+    A prompt in ``"model"`` form on a world-caption preset becomes ``world_caption`` (the form the world
+    benchmark measures) and loses its negative prompt: the world model was trained on no negatives, and its
+    guidance contrasts with the empty caption as in the benchmark. Every other request is rendered as written.
+    """
+    if request.prompt_form == "model" and preset.captions == "world":
+        return world_caption(request.prompt, request.emotion), ""
+    return request.prompt, request.negative_prompt
 
 
 def _existing(path: str | None, what: str) -> str:

@@ -116,9 +116,11 @@ def render_update(console: Console, node: str, update: dict[str, Any]) -> None:
         console.print(Panel(esc(update.get("draft_prompt", "")), title="revised draft", border_style="blue"))
     elif node == "render_image":
         images = update.get("images", [])
+        read = update.get("model_prompt")
         console.print(
             Panel(
-                "\n".join(esc(p) for p in images)
+                (f"[dim]the model read:[/] {esc(read)}\n" if read else "")
+                + "\n".join(esc(p) for p in images)
                 + f"\n[dim]manifest:[/] {esc(str(update.get('manifest')))}"
                 + (
                     f"\n[dim]contact sheet:[/] {esc(str(update['contact_sheet']))}"

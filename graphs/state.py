@@ -24,6 +24,7 @@ class GraphState(State, GraphInput, total=False):
     images: list[str]
     contact_sheet: str | None
     manifest: str | None
+    model_prompt: str | None  # what the model read, when the renderer changed the prompt (world captions)
 
 
 class GraphOutput(OutputState, total=False):
@@ -34,3 +35,4 @@ class GraphOutput(OutputState, total=False):
     images: list[str]
     contact_sheet: str | None
     manifest: str | None
+    model_prompt: str | None  # what the model read, when the renderer changed the prompt (world captions)

@@ -113,6 +113,8 @@ def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
         emotion=emotion,
         out_dir=run_dir,
         visual_prompt=state.get("visual_prompt"),
+        # An agent's prompt may be put in the form the preset's model reads; a prompt given as written is not.
+        prompt_form="model" if state.get("agents", True) else "as_written",
     )
     claim_run_dir(run_dir)
     try:
@@ -126,7 +128,14 @@ def render_image(state: GraphState, runtime: Runtime[Context]) -> dict[str, Any]
         "images": [str(p) for p in result.images],
         "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
         "manifest": str(manifest),
+        "model_prompt": _model_prompt(result, request.prompt),
     }
+
+
+def _model_prompt(result: RenderResult, prompt: str) -> str | None:
+    """The prompt the model read when the renderer changed it (the world preset's captions), else None."""
+    read = result.settings.get("model_prompt")
+    return str(read) if read is not None and read != prompt else None
 
 
 def check_out_dir(options: RenderOptions, runtime: Runtime[Any]) -> None:

@@ -48,6 +48,9 @@ class PresetSpec:
     size: int
     # Dir with text/ and image/ encoders for retrieval; None = the ids recorded in the bank's metadata.
     encoders: str | None = None
+    # The language of the model's text encoder: "free" (CLIP over any text) or "world" (the world's captions,
+    # "a star, feeling fear": an agent's prompt is condensed to one, ed_diffusion.world.captions).
+    captions: Literal["free", "world"] = "free"
 
 
 HUB_MODELS = {
@@ -110,6 +113,7 @@ def resolve_preset(
             guidance=5.0,
             size=32,
             encoders=str(world.encoders) if world else None,
+            captions="world",
         )
     if bank is None:
         raise ModelMissingError(

@@ -36,6 +36,7 @@ def train_systems(
     from ed_diffusion.encoders import FeatureEncoders, ensure_tiny_encoders_dir
     from ed_diffusion.models.adapter import install_emotion_adapter, set_emotion_scale
     from ed_diffusion.models.projector import EmotionTokenProjector, EmotionTokenProjectorConfig
+    from ed_diffusion.world.captions import emotional_caption
     from ed_diffusion.world.splits import load_split
     from ed_diffusion.world_bench.model import copy_dir_atomic
     from ed_diffusion.world_bench.sampling import build_world_bank, sample_images
@@ -44,7 +45,6 @@ def train_systems(
         AdapterStage,
         TextCache,
         adapter_state,
-        emotional_caption,
         encode_latents,
         load_adapter_state,
         train_adapter,

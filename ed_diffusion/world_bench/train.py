@@ -15,6 +15,7 @@ from ed_common.emotions import Emotion
 from ed_diffusion.models.adapter import emotion_adapter_parameters
 from ed_diffusion.training.losses import per_sample_mse
 from ed_diffusion.training.objective import ErrorFn, NoisedBatch, ObjectiveOptions, step_loss
+from ed_diffusion.world.captions import emotional_caption
 from ed_diffusion.world.splits import WorldBatchData
 from ed_diffusion.world_bench.model import (
     WorldModelConfig,
@@ -27,11 +28,6 @@ from ed_diffusion.world_bench.model import (
 StepFn = Callable[[int], None]  # called with the number of steps just done
 AdapterStage = Literal["sft", "dpo", "dpo_neg_vp"]
 _STAGE_CODE = {"codec": 1, "base": 2, "sft": 3, "dpo": 4, "dpo_neg_vp": 5, "eval": 6}
-
-
-def emotional_caption(caption: str, emotion: Emotion | str) -> str:
-    """The caption with its emotion named, as the text-only model is trained and prompted."""
-    return f"{caption}, feeling {Emotion(emotion).value}"
 
 
 def _chunks(x: Tensor, size: int = 256) -> list[Tensor]:

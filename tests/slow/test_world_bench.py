@@ -145,7 +145,8 @@ def test_negative_vp_dpo_raises_the_held_out_preference_for_the_right_visual_pro
 
 
 def test_sft_lowers_the_held_out_denoising_error(small_world: tuple[object, ...]) -> None:
-    from ed_diffusion.world_bench.train import _err, _gen, _noised, emotional_caption, train_scheduler
+    from ed_diffusion.world.captions import emotional_caption
+    from ed_diffusion.world_bench.train import _err, _gen, _noised, train_scheduler
 
     train, test, unet, text, _ = small_world
     tokens = _tokens(train)

@@ -34,6 +34,8 @@ def test_render_after_agents_writes_images_and_manifest(make_context: Any, tmp_p
     )
     (request,) = renderer.requests
     assert request.prompt == out["final_prompt"] and request.emotion == "contentment"
+    assert request.prompt_form == "model"  # an agent's prompt: the renderer may put it in its model's form
+    assert out["model_prompt"] is None  # ... and this one rendered it unchanged
     assert (request.seed, request.n_images, request.vp_scale) == (7, 3, 0.5)
     assert renderer.retrievals == [(out["final_prompt"], "contentment")]  # retrieval uses the final prompt
     assert [Path(p).name for p in out["images"]] == [
@@ -59,6 +61,7 @@ def test_no_agents_renders_the_prompt_as_written(make_context: Any, tmp_path: Pa
     )
     assert chat.calls == []  # no LLM at all
     assert renderer.requests[0].prompt == "a red fox"
+    assert renderer.requests[0].prompt_form == "as_written"
     run_dir = Path(out["run_dir"])
     assert run_dir.parent == tmp_path / "runs" and "fear-a-red-fox" in run_dir.name
 
@@ -134,3 +137,25 @@ def test_a_render_that_stops_midway_still_leaves_a_manifest(
     assert manifest["status"] == status and manifest["images"] == ["image_00_seed0.png"]
     assert manifest["inputs"]["user_prompt"] == "a red fox" and manifest["render_options"]["n_images"] == 4
     assert (manifest["error"] is None) == (status == "interrupted")
+
+
+class _CondensingRenderer(FakeRenderer):
+    """A renderer whose model read another prompt than the request's (as the world preset's does)."""
+
+    def render(self, request: Any) -> Any:
+        result = super().render(request)
+        return result.model_copy(
+            update={"settings": {**result.settings, "model_prompt": "a fox, feeling fear"}}
+        )
+
+
+def test_the_prompt_the_model_read_is_reported_when_the_renderer_changed_it(
+    make_context: Any, tmp_path: Path
+) -> None:
+    out = build_graph().invoke(
+        {"user_prompt": "a red fox", "target_emotion": "fear", "render": RenderOptions()},
+        context=_ctx(make_context, tmp_path, _CondensingRenderer()),
+    )
+    assert out["model_prompt"] == "a fox, feeling fear"
+    manifest = json.loads(Path(out["manifest"]).read_text())
+    assert manifest["render_settings"]["model_prompt"] == "a fox, feeling fear"
